@@ -1,0 +1,39 @@
+"""One shared look for every figure, and one way to save them (PDF + PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PALETTE = "colorblind"
+
+
+def apply_style() -> None:
+    """Seaborn 'whitegrid' paper context with the colour-blind palette."""
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight"})
+
+
+def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, source: str) -> list[Path]:
+    """Write ``name.pdf`` and ``name.png`` to ``out_dir``.
+
+    ``source`` names the analysis that produced the data (e.g. ``analysis/beta_sweep.py``); it is
+    stamped in the lower-left corner so a figure separated from its script still says where it
+    came from.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.text(0.005, 0.003, f"data: {source}", fontsize=6, color="0.45", ha="left", va="bottom")
+    paths = []
+    for ext in ("pdf", "png"):
+        path = out / f"{name}.{ext}"
+        fig.savefig(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
