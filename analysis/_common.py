@@ -17,7 +17,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
     parser.add_argument("--quick", action="store_true", help="CI sizes: seconds, not minutes")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (runs use seed, seed+1, ...)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="base seed (runs use seed, seed+1, ...)"
+    )
     return parser
 
 

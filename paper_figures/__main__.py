@@ -40,12 +40,16 @@ def registry() -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m paper_figures", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="make only these figures")
     parser.add_argument("--quick", action="store_true", help="small sizes (CI, smoke runs)")
     parser.add_argument("--out", default="figures", help="output folder (default: figures/)")
-    parser.add_argument("--results", default="results", help="folder for the analysis CSVs (default: results/)")
+    parser.add_argument(
+        "--results", default="results", help="folder for the analysis CSVs (default: results/)"
+    )
     args = parser.parse_args(argv)
 
     figures = registry()

@@ -10,7 +10,9 @@ from types import ModuleType
 import pandas as pd
 
 
-def load_or_run(driver: ModuleType, name: str, results_dir: Path, quick: bool, **kwargs) -> pd.DataFrame:
+def load_or_run(
+    driver: ModuleType, name: str, results_dir: Path, quick: bool, **kwargs
+) -> pd.DataFrame:
     """Return ``results_dir/name.csv`` made by ``driver.run``; (re)run it when absent or when its
     metadata says it was made with a different ``quick`` flag."""
     csv = Path(results_dir) / f"{name}.csv"

@@ -37,3 +37,13 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path, source: str) ->
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def beta_axis(ax, ticks=(0.25, 0.5, 1, 2, 4, 8)) -> None:
+    """Log-scaled shape axis with plain labels (0.25, 0.5, 1, ...) and no minor-tick clutter."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(list(ticks)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
