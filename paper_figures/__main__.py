@@ -13,6 +13,10 @@ Modules are discovered automatically, so adding a figure means adding one file.
 
 from __future__ import annotations
 
+import matplotlib
+
+matplotlib.use("Agg")  # the runner writes files; it never needs a display
+
 import argparse
 import importlib
 import pkgutil
