@@ -1,0 +1,225 @@
+import os
+import pickle
+import random
+import signal
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mitools.checkpoint as ckpt
+from mitools.checkpoint import (
+    CheckpointError,
+    GracefulExit,
+    capture_rng_state,
+    find_latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    to_plain,
+)
+
+
+def _state(step: int, epoch: int = 0) -> dict:
+    return {"model": {"w": torch.full((3,), float(step))}, "epoch": epoch, "step": step}
+
+
+def test_save_load_round_trip_and_no_temp_files(tmp_path):
+    path = save_checkpoint(tmp_path / "run" / "last.pt", _state(5), verify=True)
+    state = load_checkpoint(path)
+    assert state["step"] == 5 and torch.equal(state["model"]["w"], torch.full((3,), 5.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", _state(1))
+    real_save = torch.save
+
+    def exploding_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # a full write has happened to the temp file...
+        f.write(b"garbage")
+        raise OSError("disk full (simulated)")  # ...then the process fails
+
+    monkeypatch.setattr(ckpt.torch, "save", exploding_save)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, _state(2))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # temp file removed
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    good = save_checkpoint(tmp_path / "good.pt", _state(3))
+    files = {}
+    files["empty"] = tmp_path / "empty.pt"
+    files["empty"].write_bytes(b"")
+    data = good.read_bytes()
+    files["truncated"] = tmp_path / "truncated.pt"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["text"] = tmp_path / "text.pt"
+    files["text"].write_text("epoch,step\n1,2\n")
+    files["zip"] = tmp_path / "other.zip"
+    with zipfile.ZipFile(files["zip"], "w") as zf:
+        zf.writestr("hello.txt", "not a checkpoint")
+    files["binary"] = tmp_path / "binary.pt"
+    files["binary"].write_bytes(bytes(range(1, 200)))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        ("empty", r"empty file \(0 bytes\)"),
+        ("truncated", r"truncated or corrupt zip archive"),
+        ("text", r"a text file, not a torch checkpoint"),
+        ("zip", r"a zip archive but not a torch checkpoint \(no data\.pkl"),
+        ("binary", r"not a zip archive or a torch checkpoint"),
+    ],
+)
+def test_bad_files_give_one_line_checkpoint_errors(tmp_path, kind, pattern):
+    path = _bad_files(tmp_path)[kind]
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(marker), "epoch": 0, "step": 0}, path)
+    with pytest.raises(
+        CheckpointError, match=r"refused by the safe \(weights_only\) loader.*system"
+    ):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # The file is genuinely malicious: the unsafe loader runs the payload.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_malicious_raw_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned_raw.txt"
+    path = tmp_path / "evil_raw.pt"
+    path.write_bytes(pickle.dumps(_Evil(marker), protocol=2))
+    with pytest.raises(
+        CheckpointError, match=r"refused by the safe \(weights_only\) loader.*system"
+    ):
+        load_checkpoint(path)
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # the unsafe loader runs the payload
+    assert marker.exists()
+
+
+def test_plain_pickle_and_damaged_records_are_unreadable(tmp_path):
+    path = tmp_path / "plain.pkl.pt"
+    path.write_bytes(pickle.dumps({"model": 1}, protocol=2))
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_non_plain_objects_and_missing_keys(tmp_path):
+    path = tmp_path / "np.pt"
+    torch.save({"model": {}, "epoch": 0, "step": 0, "x": np.arange(3)}, path)
+    with pytest.raises(CheckpointError, match="refused by the safe"):
+        load_checkpoint(path)
+    path = save_checkpoint(tmp_path / "partial.pt", {"model": {}, "foo": 1})
+    with pytest.raises(CheckpointError, match=r"missing required keys \['epoch', 'step'\]"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, required=())["foo"] == 1
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="top-level object is a list"):
+        load_checkpoint(tmp_path / "list.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        save_checkpoint(tmp_path / "v.pt", {"model": {}, "p": Path("/x")}, verify=True)
+    assert not (tmp_path / "v.pt").exists()
+
+
+def test_find_latest_skips_corrupt_newest(tmp_path):
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+    assert find_latest_checkpoint(tmp_path) is None
+    save_checkpoint(tmp_path / "ep1.pt", _state(100, epoch=1))
+    save_checkpoint(tmp_path / "ep2.pt", _state(200, epoch=2))
+    save_checkpoint(tmp_path / "zz_old.pt", _state(50, epoch=0))  # newest mtime, oldest content
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "ep2.pt"
+    data = (tmp_path / "ep2.pt").read_bytes()
+    (tmp_path / "ep3.pt").write_bytes(data[: len(data) // 3])  # a crash mid-write
+    (tmp_path / "ep4.pt").write_bytes(b"")
+    (tmp_path / ".ep5.pt.abc.tmp").write_bytes(data)  # leftover temp file: ignored
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
+        assert find_latest_checkpoint(tmp_path) == tmp_path / "ep2.pt"
+
+
+def test_rng_capture_restore_reproduces_draws(tmp_path):
+    random.seed(1)
+    np.random.seed(2)  # noqa: NPY002
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gaussian in Python's state
+    np.random.standard_normal()  # noqa: NPY002 (leaves a cached gaussian in numpy too)
+    state = capture_rng_state()
+    expected = (
+        [random.random() for _ in range(3)] + [random.gauss(0, 1)],
+        np.random.standard_normal(5),  # noqa: NPY002
+        torch.rand(5),
+    )
+    # The state must survive a weights_only round trip.
+    path = save_checkpoint(tmp_path / "rng.pt", {"model": {}, "epoch": 0, "step": 0, "rng": state})
+    loaded = load_checkpoint(path)["rng"]
+    random.seed(99)
+    np.random.seed(99)  # noqa: NPY002
+    torch.manual_seed(99)
+    restore_rng_state(loaded)
+    got = (
+        [random.random() for _ in range(3)] + [random.gauss(0, 1)],
+        np.random.standard_normal(5),  # noqa: NPY002
+        torch.rand(5),
+    )
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert torch.equal(got[2], expected[2])
+
+
+def test_to_plain_converts_configs():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        out: Path
+        lr: np.float64
+        dims: tuple
+
+    plain = to_plain({"cfg": Cfg(Path("/tmp/x"), np.float64(0.5), (1, 2))})
+    assert plain == {"cfg": {"out": "/tmp/x", "lr": 0.5, "dims": [1, 2]}}
+    assert type(plain["cfg"]["lr"]) is float
+    with pytest.raises(ValueError, match="cannot store a object"):
+        to_plain(object())
+
+
+def test_graceful_exit_sets_flag_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulExit() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_graceful_exit_second_sigint_raises_keyboard_interrupt():
+    with GracefulExit() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
