@@ -1,0 +1,636 @@
+"""Dataset registry for SSL pre-training and linear evaluation.
+
+``build_dataset(name, root, split)`` returns a ``torch.utils.data.Dataset`` yielding
+``(image, label)`` pairs, and ``get_spec(name)`` its :class:`DatasetSpec`.
+
+Image convention (as torchvision): the on-disk datasets yield a ``PIL.Image`` in mode ``"RGB"``;
+``digits`` yields a ``float32`` tensor of shape ``(1, 8, 8)`` in ``[0, 1]`` (the sklearn values
+0..16 divided by 16, exact). Turning images into tensors and augmenting them is the job of
+:mod:`mitools.data.augment`, whose pipelines accept both kinds. Labels are Python ``int``;
+unlabelled images (STL-10 ``unlabeled``) have label ``-1`` as in torchvision.
+
+On-disk layouts (``ROOT`` is the ``root`` argument):
+
+* ``cifar10``: ``ROOT/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch, batches.meta}``
+  (the python pickles of the official tarball, as torchvision reads them).
+* ``cifar100``: ``ROOT/cifar-100-python/{train, test, meta}``; labels are the 100 fine labels.
+* ``stl10``: ``ROOT/stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin,
+  unlabeled_X.bin[, class_names.txt]}``: uint8 images 3x96x96 each stored channel by channel in
+  column-major order, labels uint8 1..10 (returned 0..9). Splits ``train`` (5000), ``test`` (8000),
+  ``unlabeled`` (100000), ``train+unlabeled`` (pre-training split, as torchvision).
+* ``tiny_imagenet``: ``ROOT/train/<wnid>/images/*.JPEG`` (official zip) or ``ROOT/train/<wnid>/*.JPEG``;
+  ``val`` either as in the official zip, ``ROOT/val/images/*.JPEG`` + ``ROOT/val/val_annotations.txt``
+  (tab-separated ``file wnid x0 y0 x1 y1``), or as ``ROOT/val/<wnid>/[images/]*.JPEG``. ``ROOT`` may also
+  be the folder holding the unzipped ``tiny-imagenet-200/``. The unlabelled official ``test`` split is
+  not supported.
+* ``imagenet100``: ``ROOT/{train,val}/<wnid>/*.JPEG`` holding exactly the 100 classes of
+  :data:`IMAGENET100_CLASSES` (the CMC list, also used by solo-learn); checked on load.
+* ``digits``: ``sklearn.datasets.load_digits`` (bundled, no download). Fixed stratified split: in each
+  class, a permutation drawn with ``numpy.random.default_rng(DIGITS_SPLIT_SEED)`` puts the first
+  ``round(DIGITS_VAL_FRACTION * n_class)`` images in ``val`` and the rest in ``train``; ``all`` is the
+  whole set in sklearn's order (1797 images: 1438 train, 359 val).
+
+Class indices of folder datasets are the positions of the wnids in sorted order (as
+``torchvision.datasets.ImageFolder``).
+
+Integrity: the official archives have published md5 sums (torchvision checks them on every load).
+Here they are checked only with ``verify_integrity=True``, so that test fixtures and re-packed copies
+in the same format load; ``download=True`` delegates to torchvision, which verifies the archive.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetSpec",
+    "DATASET_SPECS",
+    "IMAGENET100_CLASSES",
+    "DIGITS_SPLIT_SEED",
+    "DIGITS_VAL_FRACTION",
+    "ArrayImageDataset",
+    "TensorImageDataset",
+    "FileImageDataset",
+    "build_dataset",
+    "get_spec",
+    "known_datasets",
+    "compute_mean_std",
+]
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+DIGITS_SPLIT_SEED = 0
+DIGITS_VAL_FRACTION = 0.2
+_DOWNLOAD_HINT = "pass download=True (or --set data.download=true)"
+
+# The 100 ImageNet classes of CMC (Tian et al. 2019, github.com/HobbitLong/CMC, imagenet100.txt),
+# the subset that solo-learn and most SSL papers call ImageNet-100. Order as in that file.
+IMAGENET100_CLASSES: tuple[str, ...] = tuple(
+    """
+n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890 n03062245 n01773797
+n01735189 n07831146 n07753275 n03085013 n04485082 n02105505 n01983481 n02788148 n03530642 n04435653
+n02086910 n02859443 n13040303 n03594734 n02085620 n02099849 n01558993 n04493381 n02109047 n04111531
+n02877765 n04429376 n02009229 n01978455 n02106550 n01820546 n01692333 n07714571 n02974003 n02114855
+n03785016 n03764736 n03775546 n02087046 n07836838 n04099969 n04592741 n03891251 n02701002 n03379051
+n02259212 n07715103 n03947888 n04026417 n02326432 n03637318 n01980166 n02113799 n02086240 n03903868
+n02483362 n04127249 n02089973 n03017168 n02093428 n02804414 n02396427 n04418357 n02172182 n01729322
+n02113978 n03787032 n02089867 n02119022 n03777754 n04238763 n02231487 n03032252 n02138441 n02104029
+n03837869 n03494278 n04136333 n03794056 n03492542 n02018207 n04067472 n03930630 n03584829 n02123045
+n04229816 n02100583 n03642806 n04336792 n03259280 n02116738 n02108089 n03424325 n01855672 n02090622
+""".split()
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a dataset.
+
+    ``image_size`` is the side of the (square) training crop; ``mean``/``std`` are per-channel
+    statistics of pixel values in ``[0, 1]`` used by ``normalize``; ``augmentation`` names the
+    preset in :func:`mitools.data.augment.get_preset`; ``pretrain_split`` is the split SSL
+    pre-training reads, ``train_split``/``eval_split`` those of the linear probe.
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    splits: tuple[str, ...]
+    augmentation: str
+    pretrain_split: str
+    train_split: str
+    eval_split: str
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# mean/std: CIFAR and Tiny-ImageNet values are the commonly quoted training-set statistics; STL-10
+# the common train+unlabeled values; ImageNet-100 uses the ImageNet-1k statistics (as solo-learn);
+# digits values are computed from the bundled data (checked in tests).
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        "cifar10", 10, 32, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        ("train", "test"), "cifar", "train", "train", "test",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, 32, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        ("train", "test"), "cifar", "train", "train", "test",
+    ),
+    "stl10": DatasetSpec(
+        "stl10", 10, 96, 3, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
+        ("train", "test", "unlabeled", "train+unlabeled"), "stl10", "train+unlabeled", "train",
+        "test",
+    ),
+    "tiny_imagenet": DatasetSpec(
+        "tiny_imagenet", 200, 64, 3, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821),
+        ("train", "val"), "tiny_imagenet", "train", "train", "val",
+    ),
+    "imagenet100": DatasetSpec(
+        "imagenet100", 100, 224, 3, _IMAGENET_MEAN, _IMAGENET_STD,
+        ("train", "val"), "imagenet100", "train", "train", "val",
+    ),
+    "digits": DatasetSpec(
+        "digits", 10, 8, 1, (0.30526,), (0.37605,),
+        ("train", "val", "all"), "digits", "train", "train", "val",
+    ),
+}  # fmt: skip
+
+
+def known_datasets() -> tuple[str, ...]:
+    return tuple(DATASET_SPECS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; unknown names raise ValueError with the nearest match."""
+    if name not in DATASET_SPECS:
+        known = ", ".join(DATASET_SPECS)
+        near = difflib.get_close_matches(name.lower(), list(DATASET_SPECS), n=1, cutoff=0.0)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}{hint}")
+    return DATASET_SPECS[name]
+
+
+# ----------------------------------------------------------------------------- dataset classes
+
+
+class ArrayImageDataset(Dataset):
+    """In-memory uint8 images ``data`` of shape (N, H, W, 3); yields ``(PIL RGB image, int)``."""
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        targets: Sequence[int] | np.ndarray,
+        classes: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
+        data = np.asarray(data)
+        if data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
+            raise ValueError(f"data must be uint8 (N, H, W, 3), got {data.dtype} {data.shape}")
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.shape != (data.shape[0],):
+            raise ValueError(f"{data.shape[0]} images but targets of shape {targets.shape}")
+        self.data = data
+        self.targets = targets
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img: Any = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+class TensorImageDataset(Dataset):
+    """In-memory float images (N, C, H, W) in [0, 1]; yields ``(float32 tensor (C, H, W), int)``."""
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        targets: Sequence[int] | np.ndarray,
+        classes: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
+        if data.ndim != 4 or not data.is_floating_point():
+            raise ValueError(
+                f"data must be a float (N, C, H, W) tensor, got {data.dtype} {data.shape}"
+            )
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.shape != (data.shape[0],):
+            raise ValueError(f"{data.shape[0]} images but targets of shape {targets.shape}")
+        self.data = data
+        self.targets = targets
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img: Any = self.data[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+class FileImageDataset(Dataset):
+    """Images read from files (``samples`` = [(path, label)]); yields ``(PIL RGB image, int)``.
+
+    Images are converted to RGB (Tiny-ImageNet and ImageNet contain some greyscale/CMYK JPEGs).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.targets = np.asarray([label for _, label in self.samples], dtype=np.int64)
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        with open(path, "rb") as f:
+            img: Any = Image.open(f).convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(label)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarFormat:
+    folder: str
+    split_files: dict[str, tuple[str, ...]]
+    meta_file: str
+    meta_key: str
+    label_key: str
+    url: str
+
+
+_CIFAR = {
+    "cifar10": _CifarFormat(
+        "cifar-10-batches-py",
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        "batches.meta",
+        "label_names",
+        "labels",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ),
+    "cifar100": _CifarFormat(
+        "cifar-100-python",
+        {"train": ("train",), "test": ("test",)},
+        "meta",
+        "fine_label_names",
+        "fine_labels",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    ),
+}
+
+
+def _tv_md5s(tv_cls: Any) -> dict[str, str]:
+    md5 = {fname: h for fname, h in list(tv_cls.train_list) + list(tv_cls.test_list)}
+    meta = getattr(tv_cls, "meta", None)
+    if isinstance(meta, dict):
+        md5[meta["filename"]] = meta["md5"]
+    return md5
+
+
+def _verify_md5(name: str, files: Sequence[Path], md5s: dict[str, str]) -> None:
+    from torchvision.datasets.utils import calculate_md5
+
+    for path in files:
+        want = md5s.get(path.name)
+        if want is None:
+            continue
+        got = calculate_md5(str(path))
+        if got != want:
+            raise ValueError(
+                f"{name}: md5 of {path} is {got}, expected {want} (the official file); "
+                f"delete it and {_DOWNLOAD_HINT}, or pass verify_integrity=False for a re-packed copy"
+            )
+
+
+def _load_cifar(
+    name: str, root: Path, split: str, download: bool, transform: Callable | None, verify: bool
+) -> ArrayImageDataset:
+    import torchvision
+
+    fmt = _CIFAR[name]
+    tv_cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    if download:
+        tv_cls(str(root), train=(split == "train"), download=True)
+    folder = root / fmt.folder
+    files = [folder / f for f in fmt.split_files[split]] + [folder / fmt.meta_file]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        all_files = [*fmt.split_files["train"], *fmt.split_files["test"], fmt.meta_file]
+        listed = (
+            "data_batch_1..5, test_batch, batches.meta"
+            if name == "cifar10"
+            else ", ".join(all_files)
+        )
+        raise FileNotFoundError(
+            f"{name} {split}: missing {missing[0]}; expected ROOT/{fmt.folder}/{{{listed}}} with "
+            f"ROOT={root}; {_DOWNLOAD_HINT} to fetch {fmt.url} into ROOT"
+        )
+    if verify:
+        _verify_md5(name, files, _tv_md5s(tv_cls))
+    chunks, targets = [], []
+    for path in files[:-1]:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        chunks.append(np.asarray(entry["data"], dtype=np.uint8))
+        targets.extend(int(t) for t in entry[fmt.label_key])
+    data = np.concatenate(chunks).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    with open(files[-1], "rb") as f:
+        classes = pickle.load(f, encoding="latin1")[fmt.meta_key]
+    return ArrayImageDataset(np.ascontiguousarray(data), targets, classes, transform)
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+_STL_FOLDER = "stl10_binary"
+_STL_SIDE = 96
+_STL_FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+    "unlabeled": ("unlabeled_X.bin", None),
+}
+
+
+def _read_stl_images(path: Path) -> np.ndarray:
+    """uint8 (N, 96, 96, 3): each image on disk is 3 channels, each a column-major 96x96 array."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    per_image = 3 * _STL_SIDE * _STL_SIDE
+    if raw.size % per_image:
+        raise ValueError(f"stl10: {path} has {raw.size} bytes, not a multiple of {per_image}")
+    # on disk (N, C, W, H) in C order == per-channel column-major; to (N, H, W, C)
+    return np.ascontiguousarray(raw.reshape(-1, 3, _STL_SIDE, _STL_SIDE).transpose(0, 3, 2, 1))
+
+
+def _load_stl10(
+    root: Path, split: str, download: bool, transform: Callable | None, verify: bool
+) -> ArrayImageDataset:
+    import torchvision
+
+    if download:
+        torchvision.datasets.STL10(str(root), split=split, download=True)
+    folder = root / _STL_FOLDER
+    parts = ["train", "unlabeled"] if split == "train+unlabeled" else [split]
+    needed = [folder / f for p in parts for f in _STL_FILES[p] if f is not None]
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"stl10 {split}: missing {missing[0]}; expected ROOT/{_STL_FOLDER}/{{train_X.bin, "
+            f"train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} with ROOT={root}; "
+            f"{_DOWNLOAD_HINT} to fetch {torchvision.datasets.STL10.url} into ROOT"
+        )
+    if verify:
+        _verify_md5("stl10", needed, _tv_md5s(torchvision.datasets.STL10))
+    datas, targets = [], []
+    for part in parts:
+        x_file, y_file = _STL_FILES[part]
+        images = _read_stl_images(folder / x_file)
+        if y_file is None:
+            labels = np.full(images.shape[0], -1, dtype=np.int64)
+        else:
+            labels = np.fromfile(folder / y_file, dtype=np.uint8).astype(np.int64) - 1
+            if labels.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"stl10: {folder / y_file} has {labels.shape[0]} labels for "
+                    f"{images.shape[0]} images in {folder / x_file}"
+                )
+        datas.append(images)
+        targets.append(labels)
+    class_file = folder / "class_names.txt"
+    classes = (
+        class_file.read_text().splitlines() if class_file.is_file() else [str(i) for i in range(10)]
+    )
+    return ArrayImageDataset(np.concatenate(datas), np.concatenate(targets), classes, transform)
+
+
+# ----------------------------------------------------------------------------- folder datasets
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_images(class_dir: Path) -> list[Path]:
+    """Images of one class folder: ``<wnid>/images/*`` (official Tiny-ImageNet) or ``<wnid>/*``."""
+    sub = class_dir / "images"
+    return _image_files(sub) if sub.is_dir() else _image_files(class_dir)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def _tiny_root(root: Path) -> Path:
+    nested = root / "tiny-imagenet-200"
+    if not (root / "train").is_dir() and not (root / "val").is_dir() and nested.is_dir():
+        return nested
+    return root
+
+
+_TINY_LAYOUT = (
+    "expected ROOT/train/<wnid>/images/*.JPEG (official zip) or ROOT/train/<wnid>/*.JPEG, and "
+    "ROOT/val/images/*.JPEG + ROOT/val/val_annotations.txt or ROOT/val/<wnid>/*.JPEG; get "
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that ROOT is tiny-imagenet-200"
+)
+
+
+def _load_tiny_imagenet(root: Path, split: str, transform: Callable | None) -> FileImageDataset:
+    root = _tiny_root(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"tiny_imagenet {split}: missing {split_dir}; {_TINY_LAYOUT}")
+    wnids_file = root / "wnids.txt"
+    if wnids_file.is_file():
+        classes = sorted(set(wnids_file.read_text().split()))
+    elif (root / "train").is_dir():
+        classes = _subdirs(root / "train")
+    else:
+        classes = [d for d in _subdirs(split_dir) if d != "images"]
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    annotations = split_dir / "val_annotations.txt"
+    samples: list[tuple[Path, int]] = []
+    if split == "val" and annotations.is_file():
+        for lineno, line in enumerate(annotations.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2 or fields[1] not in index:
+                raise ValueError(
+                    f"tiny_imagenet: {annotations} line {lineno}: expected 'file<TAB>wnid<TAB>...' "
+                    f"with a known wnid, got {line!r}"
+                )
+            path = split_dir / "images" / fields[0]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"tiny_imagenet val: {annotations} lists {fields[0]} but {path} is missing; "
+                    f"{_TINY_LAYOUT}"
+                )
+            samples.append((path, index[fields[1]]))
+    else:
+        dirs = [d for d in _subdirs(split_dir) if d != "images"]
+        unknown = sorted(set(dirs) - set(index))
+        if unknown:
+            raise ValueError(
+                f"tiny_imagenet {split}: class folders {unknown[:10]} of {split_dir} are not in the "
+                f"class list ({wnids_file if wnids_file.is_file() else root / 'train'})"
+            )
+        for wnid in dirs:
+            samples.extend((p, index[wnid]) for p in _class_images(split_dir / wnid))
+    if not samples:
+        raise FileNotFoundError(
+            f"tiny_imagenet {split}: no images under {split_dir}; {_TINY_LAYOUT}"
+        )
+    return FileImageDataset(samples, classes, transform)
+
+
+def _load_imagenet100(
+    root: Path,
+    split: str,
+    transform: Callable | None,
+    class_list: Sequence[str] | None,
+) -> FileImageDataset:
+    expected = tuple(IMAGENET100_CLASSES if class_list is None else class_list)
+    split_dir = root / split
+    layout = (
+        f"expected ROOT/{{train,val}}/<wnid>/*.JPEG with the {len(expected)} ImageNet-100 wnids "
+        "(mitools.data.IMAGENET100_CLASSES, the CMC list); build it by copying/linking those class "
+        "folders of ImageNet-1k (val re-sorted into class folders)"
+    )
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"imagenet100 {split}: missing {split_dir}; {layout}")
+    present = set(_subdirs(split_dir))
+    missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"imagenet100 {split}: class folders of {split_dir} do not match the class list: "
+            f"{len(missing)} missing {missing[:10]}, {len(extra)} extra {extra[:10]}; {layout}"
+        )
+    classes = sorted(expected)
+    samples = [(p, i) for i, wnid in enumerate(classes) for p in _image_files(split_dir / wnid)]
+    if not samples:
+        raise FileNotFoundError(f"imagenet100 {split}: no images under {split_dir}; {layout}")
+    return FileImageDataset(samples, classes, transform)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def digits_split_indices() -> dict[str, np.ndarray]:
+    """Index arrays (into sklearn's order) of the fixed stratified digits split."""
+    y = _digits_arrays()[1]
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    train, val = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = int(round(DIGITS_VAL_FRACTION * idx.size))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return {
+        "train": np.sort(np.concatenate(train)),
+        "val": np.sort(np.concatenate(val)),
+        "all": np.arange(y.size),
+    }
+
+
+def _load_digits(split: str, transform: Callable | None) -> TensorImageDataset:
+    images, targets = _digits_arrays()
+    idx = digits_split_indices()[split]
+    data = torch.as_tensor(images[idx] / 16.0, dtype=torch.float32).unsqueeze(1)
+    return TensorImageDataset(data, targets[idx], [str(d) for d in range(10)], transform)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    *,
+    download: bool = False,
+    transform: Callable | None = None,
+    verify_integrity: bool = False,
+    class_list: Sequence[str] | None = None,
+) -> Dataset:
+    """Build split ``split`` of dataset ``name`` stored under ``root`` (see module docstring).
+
+    ``download=True`` fetches CIFAR-10/100 and STL-10 through torchvision (Tiny-ImageNet and
+    ImageNet-100 must be prepared by hand; ``digits`` is bundled and ignores ``root``).
+    ``verify_integrity=True`` checks the md5 sums of the official files. ``class_list`` overrides
+    :data:`IMAGENET100_CLASSES` (imagenet100 only). ``transform`` is applied to the image.
+    """
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"{name}: unknown split {split!r}; known splits: {', '.join(spec.splits)}")
+    if class_list is not None and name != "imagenet100":
+        raise ValueError(f"class_list applies to imagenet100 only, not {name!r}")
+    if name == "digits":
+        return _load_digits(split, transform)
+    if root is None:
+        raise ValueError(
+            f"{name}: root is None; pass the data directory (--set data.root=PATH); only 'digits' "
+            "needs none"
+        )
+    root = Path(root).expanduser()
+    if download and name in ("tiny_imagenet", "imagenet100"):
+        raise ValueError(
+            f"{name}: download=True is not supported; prepare ROOT={root} by hand (see "
+            "mitools.data.datasets docstring)"
+        )
+    if name in _CIFAR:
+        return _load_cifar(name, root, split, download, transform, verify_integrity)
+    if name == "stl10":
+        return _load_stl10(root, split, download, transform, verify_integrity)
+    if name == "tiny_imagenet":
+        return _load_tiny_imagenet(root, split, transform)
+    return _load_imagenet100(root, split, transform, class_list)
+
+
+def compute_mean_std(
+    dataset: Dataset, max_items: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) std of pixel values in [0, 1] over ``dataset``.
+
+    Pools all pixels of the first ``max_items`` images (all by default); images may be PIL or
+    float tensors (C, H, W) as yielded by :func:`build_dataset` without transform.
+    """
+    n = len(dataset) if max_items is None else min(max_items, len(dataset))
+    total = total_sq = None
+    count = 0
+    for i in range(n):
+        img = dataset[i][0]
+        if isinstance(img, Image.Image):
+            arr = np.asarray(img, dtype=np.float64) / 255.0
+            arr = arr.reshape(-1, arr.shape[-1] if arr.ndim == 3 else 1)
+        else:
+            t = torch.as_tensor(img, dtype=torch.float64)
+            arr = t.reshape(t.shape[0], -1).T.numpy()
+        s, sq = arr.sum(0), (arr**2).sum(0)
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        count += arr.shape[0]
+    if total is None:
+        raise ValueError("compute_mean_std: empty dataset")
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))

@@ -1,0 +1,482 @@
+"""Dataset loaders against tiny fixtures written in each real on-disk format.
+
+Truths: the arrays and labels written into the fixtures, and torchvision's own readers of the same
+files (CIFAR10/100, STL10 with their md5 check switched off), plus sklearn's load_digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from mitools.data import (
+    DATASET_SPECS,
+    IMAGENET100_CLASSES,
+    TwoViewTransform,
+    build_dataset,
+    compute_mean_std,
+    digits_split_indices,
+    get_spec,
+    preset_for,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------- CIFAR fixtures
+
+
+def _write_pickle(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _cifar_rows(images: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) -> (N, 3072): 1024 R values row-major, then G, then B (the CIFAR layout)."""
+    rows = np.empty((images.shape[0], 3072), dtype=np.uint8)
+    for n, img in enumerate(images):
+        rows[n] = np.concatenate([img[:, :, c].reshape(-1) for c in range(3)])
+    return rows
+
+
+def make_cifar10(root: Path, per_batch: int = 2, n_test: int = 3) -> dict:
+    rng = _rng(1)
+    folder = root / "cifar-10-batches-py"
+    train_imgs, train_labels = [], []
+    for b in range(1, 6):
+        imgs = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        _write_pickle(
+            folder / f"data_batch_{b}",
+            {"batch_label": f"training batch {b} of 5", "labels": labels,
+             "data": _cifar_rows(imgs), "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]},
+        )  # fmt: skip
+        train_imgs.append(imgs)
+        train_labels += labels
+    test_imgs = rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8)
+    test_labels = [int(v) for v in rng.integers(0, 10, n_test)]
+    _write_pickle(
+        folder / "test_batch",
+        {"batch_label": "testing batch 1 of 1", "labels": test_labels,
+         "data": _cifar_rows(test_imgs), "filenames": [f"t{i}.png" for i in range(n_test)]},
+    )  # fmt: skip
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    _write_pickle(
+        folder / "batches.meta",
+        {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072},
+    )
+    return {
+        "train": (np.concatenate(train_imgs), train_labels),
+        "test": (test_imgs, test_labels),
+        "classes": names,
+    }
+
+
+def make_cifar100(root: Path, n_train: int = 5, n_test: int = 4) -> dict:
+    rng = _rng(2)
+    folder = root / "cifar-100-python"
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        imgs = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        _write_pickle(
+            folder / split,
+            {"filenames": [f"{split}{i}.png" for i in range(n)], "batch_label": split,
+             "fine_labels": fine, "coarse_labels": [v // 5 for v in fine],
+             "data": _cifar_rows(imgs)},
+        )  # fmt: skip
+        out[split] = (imgs, fine)
+    fine_names = [f"fine_{i}" for i in range(100)]
+    _write_pickle(
+        folder / "meta",
+        {"fine_label_names": fine_names, "coarse_label_names": [f"c{i}" for i in range(20)]},
+    )
+    out["classes"] = fine_names
+    return out
+
+
+def _no_md5(monkeypatch) -> None:
+    """torchvision checks the official md5s on every load; the fixtures are not the official files."""
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(torchvision.datasets.stl10, "check_integrity", lambda *a, **k: True)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar_matches_written_arrays_and_torchvision(tmp_path, monkeypatch, name, split):
+    truth = (make_cifar10 if name == "cifar10" else make_cifar100)(tmp_path)
+    images, labels = truth[split]
+    ds = build_dataset(name, tmp_path, split)
+    assert len(ds) == len(labels)
+    np.testing.assert_array_equal(ds.data, images)
+    assert [ds[i][1] for i in range(len(ds))] == labels
+    assert ds.classes == truth["classes"]
+    assert len(ds.classes) == get_spec(name).num_classes
+    img, label = ds[len(ds) - 1]
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (32, 32)
+    np.testing.assert_array_equal(np.asarray(img), images[-1])
+    assert isinstance(label, int)
+
+    _no_md5(monkeypatch)
+    tv_cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    tv = tv_cls(str(tmp_path), train=(split == "train"))
+    np.testing.assert_array_equal(tv.data, ds.data)
+    assert list(tv.targets) == [int(t) for t in ds.targets]
+    assert tv.classes == ds.classes
+
+
+def test_cifar_missing_files_name_path_and_remedy(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("cifar10", tmp_path, "train")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in msg
+    assert "data_batch_1..5, test_batch, batches.meta" in msg
+    assert "download=True" in msg and "data.download=true" in msg
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        build_dataset("cifar10", tmp_path, "train")
+    build_dataset("cifar10", tmp_path, "test")  # the test split does not need the train batches
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*train, test, meta"):
+        build_dataset("cifar100", tmp_path, "test")
+
+
+def test_cifar_md5_verification(tmp_path, monkeypatch):
+    make_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="md5 of .*test_batch"):
+        build_dataset("cifar10", tmp_path, "test", verify_integrity=True)
+    # with the fixture's own md5s registered as the official ones, verification passes
+    folder = tmp_path / "cifar-10-batches-py"
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(
+        cls, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
+    )
+    monkeypatch.setattr(cls, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+    assert len(build_dataset("cifar10", tmp_path, "train", verify_integrity=True)) == 10
+
+
+# ----------------------------------------------------------------------------- STL-10
+
+
+def _stl_bytes(images: np.ndarray) -> bytes:
+    """The STL-10 binary layout: per image, per channel, the 96x96 array in column-major order."""
+    return b"".join(
+        np.ascontiguousarray(img[:, :, c]).flatten(order="F").tobytes()
+        for img in images
+        for c in range(3)
+    )
+
+
+def make_stl10(root: Path) -> dict:
+    rng = _rng(3)
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    out = {}
+    for split, n in (("train", 3), ("test", 2), ("unlabeled", 4)):
+        # a per-image ramp plus noise makes transposition and orientation errors visible
+        ramp = np.arange(96, dtype=np.int64)[:, None, None] * np.array([2, 1, 0])[None, None, :]
+        imgs = ((rng.integers(0, 60, (n, 96, 96, 3)) + ramp[None]) % 256).astype(np.uint8)
+        (folder / f"{split}_X.bin").write_bytes(_stl_bytes(imgs))
+        labels = rng.integers(1, 11, n).astype(np.uint8)
+        if split != "unlabeled":
+            (folder / f"{split}_y.bin").write_bytes(labels.tobytes())
+            out[split] = (imgs, [int(v) - 1 for v in labels])
+        else:
+            out[split] = (imgs, [-1] * n)
+    names = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    (folder / "class_names.txt").write_text("\n".join(names) + "\n")
+    out["classes"] = names
+    return out
+
+
+@pytest.mark.parametrize("split", ["train", "test", "unlabeled", "train+unlabeled"])
+def test_stl10_matches_written_arrays_and_torchvision(tmp_path, monkeypatch, split):
+    truth = make_stl10(tmp_path)
+    if split == "train+unlabeled":
+        images = np.concatenate([truth["train"][0], truth["unlabeled"][0]])
+        labels = truth["train"][1] + truth["unlabeled"][1]
+    else:
+        images, labels = truth[split]
+    ds = build_dataset("stl10", tmp_path, split)
+    assert len(ds) == len(labels)
+    np.testing.assert_array_equal(ds.data, images)
+    assert [ds[i][1] for i in range(len(ds))] == labels
+    assert ds.classes == truth["classes"]
+    img = ds[0][0]
+    assert img.size == (96, 96) and img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img), images[0])
+
+    _no_md5(monkeypatch)
+    tv = torchvision.datasets.STL10(str(tmp_path), split=split)
+    np.testing.assert_array_equal(tv.data.transpose(0, 2, 3, 1), ds.data)
+    np.testing.assert_array_equal(tv.labels, ds.targets)
+    np.testing.assert_array_equal(np.asarray(tv[1][0]), np.asarray(ds[1][0]))
+
+
+def test_stl10_missing_and_corrupt(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("stl10", tmp_path, "train+unlabeled")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "stl10_binary" / "train_X.bin") in msg
+    assert "unlabeled_X.bin" in msg and "download=True" in msg
+    make_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").unlink()
+    assert len(build_dataset("stl10", tmp_path, "train")) == 3
+    with pytest.raises(FileNotFoundError, match="unlabeled_X.bin"):
+        build_dataset("stl10", tmp_path, "unlabeled")
+    with open(tmp_path / "stl10_binary" / "test_X.bin", "ab") as f:
+        f.write(b"\x00" * 7)
+    with pytest.raises(ValueError, match="not a multiple of 27648"):
+        build_dataset("stl10", tmp_path, "test")
+
+
+# ----------------------------------------------------------------------------- Tiny-ImageNet
+
+
+def _colour(label: int, k: int) -> tuple[int, int, int]:
+    return (40 * label + 20, 30 * k + 10, 200 - 50 * label)
+
+
+def _save_jpeg(path: Path, colour: tuple[int, int, int], size: int, grey: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", (size, size), colour)
+    (img.convert("L") if grey else img).save(path, format="JPEG", quality=95)
+
+
+TINY_WNIDS = ["n02000003", "n01000001", "n03000002"]  # deliberately not sorted
+
+
+def make_tiny_imagenet(base: Path, official: bool = True) -> dict:
+    """Official-zip layout (``official``) or plain class folders; 2 train, 1-2 val images/class."""
+    root = base / "tiny-imagenet-200" if official else base
+    classes = sorted(TINY_WNIDS)
+    train, val = [], []
+    for wnid in TINY_WNIDS:
+        label = classes.index(wnid)
+        for k in range(2):
+            sub = root / "train" / wnid / ("images" if official else "")
+            _save_jpeg(
+                sub / f"{wnid}_{k}.JPEG", _colour(label, k), 64, grey=(k == 1 and label == 0)
+            )
+            train.append((label, k))
+        if official:
+            (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(
+                f"{wnid}_0.JPEG\t0\t0\t63\t63\n"
+            )
+    lines = []
+    for i, wnid in enumerate(TINY_WNIDS * 2):
+        label = classes.index(wnid)
+        k = 2 + i // 3
+        if official:
+            _save_jpeg(root / "val" / "images" / f"val_{i}.JPEG", _colour(label, k), 64)
+            lines.append(f"val_{i}.JPEG\t{wnid}\t1\t2\t60\t61")
+        else:
+            _save_jpeg(root / "val" / wnid / f"val_{i}.JPEG", _colour(label, k), 64)
+        val.append((label, k))
+    if official:
+        (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+        (root / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    return {"train": train, "val": val, "classes": classes}
+
+
+def _decode(ds, i: int) -> tuple[int, np.ndarray]:
+    img, label = ds[i]
+    assert img.mode == "RGB" and img.size == (64, 64)
+    return label, np.asarray(img, dtype=np.float64).mean((0, 1))
+
+
+@pytest.mark.parametrize("official", [True, False])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_tiny_imagenet_layouts(tmp_path, official, split):
+    truth = make_tiny_imagenet(tmp_path, official)
+    ds = build_dataset("tiny_imagenet", tmp_path, split)
+    assert ds.classes == truth["classes"]
+    assert len(ds) == len(truth[split])
+    got = sorted(_decode(ds, i)[0] for i in range(len(ds)))
+    assert got == sorted(label for label, _ in truth[split])
+    # each image's colour identifies the (label, k) it was written with
+    for i in range(len(ds)):
+        label, mean = _decode(ds, i)
+        matches = [
+            (lab, k) for lab, k in truth[split]
+            if lab == label and np.abs(mean - np.array(_colour(lab, k))).max() < 4
+        ]  # fmt: skip
+        grey_ok = split == "train" and label == 0 and np.ptp(mean) < 1  # the greyscale JPEG
+        assert matches or grey_ok, (i, label, mean)
+
+
+def test_tiny_imagenet_errors(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset("tiny_imagenet", tmp_path, "train")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "train") in msg
+    assert "ROOT/train/<wnid>/images/*.JPEG" in msg and "val_annotations.txt" in msg
+    make_tiny_imagenet(tmp_path)
+    ann = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    ann.write_text(ann.read_text() + "val_9.JPEG\tn09999999\t0\t0\t1\t1\n")
+    with pytest.raises(ValueError, match="n09999999"):
+        build_dataset("tiny_imagenet", tmp_path, "val")
+    with pytest.raises(ValueError, match="not supported"):
+        build_dataset("tiny_imagenet", tmp_path, "train", download=True)
+
+
+# ----------------------------------------------------------------------------- ImageNet-100
+
+IN100_SMALL = ["n00000003", "n00000001", "n00000002"]
+
+
+def make_imagenet100(root: Path, classes=IN100_SMALL, per_class=(3, 1)) -> None:
+    for split, n in zip(("train", "val"), per_class, strict=True):
+        for wnid in classes:
+            label = sorted(classes).index(wnid)
+            for k in range(n):
+                _save_jpeg(root / split / wnid / f"{wnid}_{k}.JPEG", _colour(label, k), 20 + 3 * k)
+
+
+def test_imagenet100_class_list_constant():
+    assert len(IMAGENET100_CLASSES) == 100 == len(set(IMAGENET100_CLASSES))
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in IMAGENET100_CLASSES)
+    # first and last entries of CMC's imagenet100.txt
+    assert IMAGENET100_CLASSES[0] == "n02869837" and IMAGENET100_CLASSES[-1] == "n02090622"
+    assert DATASET_SPECS["imagenet100"].num_classes == 100
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_imagenet100_tree_with_small_class_list(tmp_path, split):
+    make_imagenet100(tmp_path)
+    ds = build_dataset("imagenet100", tmp_path, split, class_list=IN100_SMALL)
+    n = 3 if split == "train" else 1
+    assert len(ds) == 3 * n
+    assert ds.classes == sorted(IN100_SMALL)
+    for i in range(len(ds)):
+        img, label = ds[i]
+        k = i % n
+        assert img.mode == "RGB" and img.size == (20 + 3 * k, 20 + 3 * k)
+        assert label == i // n
+        mean = np.asarray(img, dtype=np.float64).mean((0, 1))
+        assert np.abs(mean - np.array(_colour(label, k))).max() < 4
+
+
+def test_imagenet100_class_mismatch_errors(tmp_path):
+    make_imagenet100(tmp_path)
+    with pytest.raises(ValueError) as err:
+        build_dataset("imagenet100", tmp_path, "train")
+    msg = str(err.value)
+    assert "\n" not in msg and "100 missing" in msg and "3 extra" in msg and "n00000001" in msg
+    (tmp_path / "train" / "n00000009").mkdir()
+    with pytest.raises(ValueError, match=r"0 missing \[\], 1 extra \['n00000009'\]"):
+        build_dataset("imagenet100", tmp_path, "train", class_list=IN100_SMALL)
+    with pytest.raises(ValueError, match=r"1 missing \['n00000004'\]"):
+        build_dataset("imagenet100", tmp_path, "val", class_list=[*IN100_SMALL, "n00000004"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "val")):
+        build_dataset("imagenet100", tmp_path / "nowhere", "val")
+    with pytest.raises(ValueError, match="imagenet100 only"):
+        build_dataset("cifar10", tmp_path, "train", class_list=IN100_SMALL)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_split_images_and_labels():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    idx = digits_split_indices()
+    assert (len(idx["train"]), len(idx["val"]), len(idx["all"])) == (1438, 359, 1797)
+    assert np.intersect1d(idx["train"], idx["val"]).size == 0
+    np.testing.assert_array_equal(np.union1d(idx["train"], idx["val"]), np.arange(1797))
+    for c in range(10):  # stratified: round(20%) of each class in val
+        n_c = int((bunch.target == c).sum())
+        assert int((bunch.target[idx["val"]] == c).sum()) == round(0.2 * n_c)
+    np.testing.assert_array_equal(digits_split_indices()["val"], idx["val"])  # fixed
+    for split in ("train", "val", "all"):
+        ds = build_dataset("digits", None, split)
+        assert len(ds) == len(idx[split])
+        img, label = ds[5]
+        assert img.shape == (1, 8, 8) and img.dtype == torch.float32
+        np.testing.assert_array_equal(img[0].numpy(), bunch.images[idx[split][5]] / 16.0)
+        assert label == int(bunch.target[idx[split][5]])
+        np.testing.assert_array_equal(ds.targets, bunch.target[idx[split]])
+
+
+def test_spec_mean_std_of_digits_and_compute_mean_std(tmp_path):
+    mean, std = compute_mean_std(build_dataset("digits", None, "all"))
+    spec = get_spec("digits")
+    np.testing.assert_allclose(mean, spec.mean, atol=1e-5)
+    np.testing.assert_allclose(std, spec.std, atol=1e-5)
+    truth = make_cifar10(tmp_path)
+    x = truth["test"][0].astype(np.float64) / 255.0
+    mean, std = compute_mean_std(build_dataset("cifar10", tmp_path, "test"))
+    np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, x.std((0, 1, 2)), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_unknown_names_and_splits(tmp_path):
+    with pytest.raises(ValueError) as err:
+        build_dataset("cifar-10", tmp_path, "train")
+    msg = str(err.value)
+    assert "did you mean 'cifar10'" in msg
+    assert all(name in msg for name in DATASET_SPECS)
+    with pytest.raises(ValueError, match="did you mean 'tiny_imagenet'"):
+        get_spec("tinyimagenet")
+    with pytest.raises(ValueError, match="known splits: train, test, unlabeled, train\\+unlabeled"):
+        build_dataset("stl10", tmp_path, "val")
+    with pytest.raises(ValueError, match="root is None"):
+        build_dataset("cifar10", None, "train")
+
+
+def test_specs_are_consistent():
+    for name, spec in DATASET_SPECS.items():
+        assert spec.name == name
+        assert len(spec.mean) == len(spec.std) == spec.channels
+        assert {spec.pretrain_split, spec.train_split, spec.eval_split} <= set(spec.splits)
+    assert DATASET_SPECS["stl10"].pretrain_split == "train+unlabeled"
+
+
+def test_two_view_transform_through_dataloader(tmp_path):
+    make_cifar10(tmp_path)
+    ds = build_dataset(
+        "cifar10", tmp_path, "train", transform=TwoViewTransform(preset_for("cifar10"))
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    (v1, v2), labels = next(iter(loader))
+    assert v1.shape == v2.shape == (4, 3, 32, 32) and v1.dtype == torch.float32
+    assert labels.tolist() == [ds.targets[i] for i in range(4)]
+    digits = build_dataset("digits", None, "val", transform=TwoViewTransform(preset_for("digits")))
+    (d1, d2), _ = next(iter(torch.utils.data.DataLoader(digits, batch_size=3)))
+    assert d1.shape == d2.shape == (3, 1, 8, 8)
