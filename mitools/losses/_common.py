@@ -1,0 +1,45 @@
+"""Input checks and small shared helpers for the SSL losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mitools.distributed import gather_with_grad, world_size
+
+
+def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: int = 2) -> None:
+    """Raise ValueError naming the problem unless z1, z2 are matching (N, d) float tensors.
+
+    ``check_finite`` costs one device synchronisation per call (``.item()`` on a reduction).
+    """
+    for name, z in (("z1", z1), ("z2", z2)):
+        if not isinstance(z, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, d), got shape {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    if z1.shape[0] < min_batch:
+        raise ValueError(f"batch size must be >= {min_batch}, got N={z1.shape[0]}")
+    if check_finite:
+        for name, z in (("z1", z1), ("z2", z2)):
+            if not bool(torch.isfinite(z.detach()).all()):
+                bad = int((~torch.isfinite(z.detach())).sum())
+                raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+
+
+def maybe_gather(z1: Tensor, z2: Tensor, gather_distributed: bool) -> tuple[Tensor, Tensor]:
+    """Global batch (rank order) when ``gather_distributed`` and world size > 1; else unchanged."""
+    if gather_distributed and world_size() > 1:
+        return gather_with_grad(z1), gather_with_grad(z2)
+    return z1, z2
+
+
+def detach_terms(terms: dict) -> dict:
+    """Detached copies of tensor-valued terms (floats pass through) for trainer logging."""
+    return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in terms.items()}

@@ -1,0 +1,190 @@
+"""EMILoss: exact value vs gaussian_mi and a dense numpy log-det, forms, Taylor limit, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mitools.losses import EMILoss, build_loss, joint_covariance, min_batch_size
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrices: thread start-up dominates on a shared machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _views(n=400, d=3, noise=0.6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=dtype)
+    z = torch.randn(n, d, generator=g, dtype=dtype) @ mix
+    z1 = z + noise * torch.randn(n, d, generator=g, dtype=dtype)
+    z2 = z @ torch.randn(d, d, generator=g, dtype=dtype) + noise * torch.randn(
+        n, d, generator=g, dtype=dtype
+    )
+    return z1, z2
+
+
+def _numpy_mi(a: np.ndarray, b: np.ndarray, ridge: float = 0.0) -> float:
+    """Independent dense reference: 1/2 [logdet C11 + logdet C22 - logdet C], np.cov (1/(N-1))."""
+    d = a.shape[1]
+    C = np.cov(np.hstack([a, b]), rowvar=False) + ridge * np.eye(2 * d)
+    ld = lambda M: np.linalg.slogdet(M)[1]  # noqa: E731
+    return 0.5 * (ld(C[:d, :d]) + ld(C[d:, d:]) - ld(C))
+
+
+def test_exact_loss_equals_minus_gaussian_mi():
+    from mitools.mi.estimators import gaussian_mi
+
+    z1, z2 = _views()
+    loss = EMILoss()(z1, z2)
+    ref = gaussian_mi(z1.numpy(), z2.numpy())
+    assert abs(float(loss) + ref) < 1e-10 * max(1.0, abs(ref))
+    assert abs(float(loss) + _numpy_mi(z1.numpy(), z2.numpy())) < 1e-10
+    assert ref > 0.1  # the test data are really dependent
+    # same ridge convention (C + ridge I with C normalised by N - 1)
+    ridged = EMILoss(ridge=0.5)(z1, z2)
+    assert float(ridged) == pytest.approx(
+        -gaussian_mi(z1.numpy(), z2.numpy(), ridge=0.5), abs=1e-10
+    )
+
+
+def test_exact_loss_scale_invariant_without_ridge_and_not_with_ridge():
+    z1, z2 = _views()
+    base = float(EMILoss()(z1, z2))
+    assert float(EMILoss()(3.0 * z1, 0.2 * z2)) == pytest.approx(base, abs=1e-10)
+    r1 = float(EMILoss(ridge=0.5)(z1, z2))
+    r2 = float(EMILoss(ridge=0.5)(3.0 * z1, 3.0 * z2))
+    assert abs(r1 - r2) > 1e-3
+    assert r1 == pytest.approx(-_numpy_mi(z1.numpy(), z2.numpy(), ridge=0.5), abs=1e-10)
+
+
+def test_symmetric_equals_joint_for_exchangeable_views_and_differs_otherwise():
+    a, b = _views(n=300, d=4, seed=1)
+    # Swapped copies make the sample covariance exactly exchangeable: C11 = C22, C12 = C12'.
+    z1, z2 = torch.cat([a, b]), torch.cat([b, a])
+    C = joint_covariance(z1, z2)
+    assert torch.allclose(C[:4, :4], C[4:, 4:], atol=1e-12)
+    assert torch.allclose(C[:4, 4:], C[:4, 4:].T, atol=1e-12)
+    for ridge in (0.0, 0.1):
+        joint = EMILoss(form="joint", ridge=ridge)(z1, z2)
+        sym = EMILoss(form="symmetric", ridge=ridge)(z1, z2)
+        assert float(joint) == pytest.approx(float(sym), abs=1e-10)
+    assert abs(float(EMILoss(form="joint")(a, b)) - float(EMILoss(form="symmetric")(a, b))) > 1e-3
+
+
+@pytest.mark.parametrize("form", ["joint", "symmetric"])
+def test_taylor_approaches_exact_as_order_grows(form):
+    z1, z2 = _views(n=600, d=3, noise=1.0, seed=2)
+    exact = float(EMILoss(form=form)(z1, z2))
+    errs = [
+        abs(float(EMILoss(form=form, logdet="taylor", order=k, scale="max_eig")(z1, z2)) - exact)
+        for k in (1, 2, 4, 8, 16, 64, 256)
+    ]
+    # s = lambda_max: every log-det's truncated series decreases monotonically to the exact value;
+    # the MI combines three such series, so check the overall trend and the limit.
+    assert errs[-1] < 1e-6 * max(1.0, abs(exact))
+    assert errs[-1] < errs[3] < errs[0]
+
+
+@pytest.mark.parametrize("form", ["joint", "symmetric"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"ridge": 0.05},
+        {"center": False},
+        {"logdet": "taylor", "order": 4, "scale": 6.0},
+        {"logdet": "taylor", "order": 3, "scale": 5.0, "ridge": 0.1},
+        {"covariance": "ema", "ema_momentum": 0.5},
+    ],
+)
+def test_gradcheck(form, config):
+    z1, z2 = _views(n=12, d=2, seed=3)
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    loss = EMILoss(form=form, **config)
+    if config.get("covariance") == "ema":
+        loss(z1.detach() * 1.3, z2.detach())  # populate the buffer
+        loss.eval()  # no buffer update during gradcheck's repeated calls
+    assert torch.autograd.gradcheck(lambda a, b: loss(a, b), (z1, z2), eps=1e-6, atol=1e-7)
+
+
+def test_ema_covariance_value_buffer_and_gradient_share():
+    z1, z2 = _views(n=50, d=2, seed=4)
+    m = 0.7
+    loss = EMILoss(covariance="ema", ema_momentum=m)
+    loss(z1, z2)
+    prev = loss.ema_cov.clone()
+    assert not prev.requires_grad
+    c_batch0 = joint_covariance(z1, z2)
+    init = torch.diagonal(c_batch0).mean() * torch.eye(4, dtype=torch.float64)
+    assert torch.allclose(prev, m * init + (1 - m) * c_batch0, atol=1e-12)
+
+    a, b = _views(n=50, d=2, seed=5)
+    a.requires_grad_(True)
+    value = loss(a, b)
+    C = m * prev.numpy() + (1 - m) * np.cov(
+        np.hstack([a.detach().numpy(), b.numpy()]), rowvar=False
+    )
+    ld = lambda M: np.linalg.slogdet(M)[1]  # noqa: E731
+    ref = -0.5 * (ld(C[:2, :2]) + ld(C[2:, 2:]) - ld(C))
+    assert value.item() == pytest.approx(ref, abs=1e-10)
+    # gradient only through (1 - m) C_batch: equals the gradient of -MI(m*P + (1-m)*C(a, b)), P fixed
+    (g,) = torch.autograd.grad(value, a)
+    a2 = a.detach().clone().requires_grad_(True)
+    Cb = m * prev + (1 - m) * joint_covariance(a2, b)
+    manual = -0.5 * (torch.logdet(Cb[:2, :2]) + torch.logdet(Cb[2:, 2:]) - torch.logdet(Cb))
+    (g2,) = torch.autograd.grad(manual, a2)
+    assert torch.allclose(g, g2, atol=1e-12)
+
+
+def test_small_batch_message_and_remedies():
+    d = 8
+    z1, z2 = _views(n=16, d=d, seed=6)
+    assert min_batch_size(d) == 17 and min_batch_size(d, form="symmetric") == 9
+    with pytest.raises(ValueError, match=r"N >= 17.*ridge"):
+        EMILoss()(z1, z2)
+    assert torch.isfinite(EMILoss(ridge=1e-3)(z1, z2))
+    assert torch.isfinite(EMILoss(covariance="ema")(z1, z2))
+    assert torch.isfinite(EMILoss(form="symmetric")(z1, z2))  # 16 >= d + 1
+    z1, z2 = _views(n=17, d=d, seed=6)
+    assert torch.isfinite(EMILoss()(z1, z2))
+
+
+def test_bad_inputs():
+    z1, z2 = _views(n=40, d=3)
+    with pytest.raises(ValueError, match="same shape"):
+        EMILoss()(z1, z2[:, :2])
+    with pytest.raises(ValueError, match=r"shape \(N, d\)"):
+        EMILoss()(z1[:, 0], z2[:, 0])
+    bad = z1.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        EMILoss()(bad, z2)
+    with pytest.raises(ValueError, match="form"):
+        EMILoss(form="diagonal")
+    with pytest.raises(ValueError, match="ridge"):
+        EMILoss(ridge=-1.0)
+
+
+def test_last_terms_and_autocast_and_float32():
+    z1, z2 = _views(n=200, d=4, seed=7, dtype=torch.float32)
+    loss = EMILoss()
+    ref = loss(z1.double(), z2.double())
+    assert float(loss.last_terms["mi"]) == pytest.approx(-float(ref), abs=1e-12)
+    assert set(loss.last_terms) >= {"loss", "mi", "logdet_c11", "logdet_c22", "logdet_joint"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = loss(z1, z2)
+    assert under.dtype == torch.float64
+    assert float(under) == pytest.approx(float(ref), abs=1e-9)
+    f32 = EMILoss(compute_dtype=torch.float32)(z1, z2)
+    assert float(f32) == pytest.approx(float(ref), abs=1e-4)
+    sym = EMILoss(form="symmetric", logdet="taylor", scale="running", order=8)
+    sym(z1, z2)
+    assert set(sym.last_terms) >= {"logdet_c", "logdet_c_plus_d", "logdet_c_minus_d"}
+    assert isinstance(build_loss("emi", form="symmetric"), EMILoss)
