@@ -47,13 +47,10 @@ class Case:
         return f"{law}_{self.dim_x}+{self.dim_y}"
 
     def ggd(self):
+        from analysis.beta_sweep import correlated_cov
         from mitools.mi.ggd import GGD
 
-        n = self.dim_x + self.dim_y
-        cov = np.eye(n)
-        for i in range(min(self.dim_x, self.dim_y)):
-            cov[i, self.dim_x + i] = cov[self.dim_x + i, i] = self.rho
-        return GGD(cov=cov, beta=self.beta)
+        return GGD(cov=correlated_cov(self.dim_x, self.dim_y, self.rho), beta=self.beta)
 
 
 def settings(quick: bool) -> dict:
