@@ -1,0 +1,176 @@
+"""Training throughput: the model ceiling vs the full pre-training pipeline.
+
+    python -m benchmarks.train_throughput [--quick] [--device cpu|cuda] [--out results/bench]
+        [--case digits_emi] [--case cifar10_mio] [--steps 20] [--batch 256]
+
+For each case (a trainer config):
+
+(a) ceiling: forward + backward of both views through the encoder (``TwoViewModel``) on
+    synthetic tensors already on the device, a trivial loss (mean of z^2), same AMP /
+    channels_last settings as the trainer; no data, no augmentation, no optimiser step.
+(b) pipeline: the real loop of ``trainers.pretrain.train`` (DataLoader, two augmented views,
+    the SSL loss, optimiser and schedule, EMA target when configured, non-finite check,
+    logging), timed over the second of two epochs of ``--steps`` steps (the first warms up),
+    monitoring off.
+
+Images/s count source images (one image = two views), so the ratio (b)/(a) is the fraction of
+the model's compute ceiling the pipeline reaches. Peak memory is reported on CUDA
+(``torch.cuda.max_memory_allocated``) for (a) and (b). CIFAR-10 cases run on a fake CIFAR-10
+folder written to a temporary directory (random uint8 images in the official pickle format), so
+the exact data path runs without the real files; digits is bundled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis._common import write_table
+from trainers.config import load_config
+from trainers.pretrain import TwoViewModel, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+
+
+def write_fake_cifar10(root: Path, n_train: int, n_test: int = 500, seed: int = 0) -> Path:
+    """Random uint8 images in the CIFAR-10 python-pickle layout under ``root``."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    per = int(np.ceil(n_train / 5))
+    for i in range(1, 6):
+        data = rng.integers(0, 256, (per, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per).tolist()
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+                     "labels": rng.integers(0, 10, n_test).tolist()}, f)  # fmt: skip
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return root
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]:
+    """Images/s of forward+backward of both views on synthetic on-device tensors."""
+    from mitools.data.datasets import get_spec
+    from mitools.models import EncoderSpec, SSLModel
+
+    spec = get_spec(cfg.data.name)
+    model = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).to(device)
+    cl = device.type == "cuda" and cfg.train.channels_last
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    net = TwoViewModel(model).train()
+    b, s = cfg.data.batch_size, spec.image_size
+    x1 = torch.randn(b, spec.channels, s, s, device=device)
+    x2 = torch.randn(b, spec.channels, s, s, device=device)
+    if cl:
+        x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+    amp = device.type == "cuda" and cfg.train.amp in ("auto", "bf16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x1, x2)
+            loss = out[4].float().square().mean() + out[5].float().square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return b / statistics.median(times), peak
+
+
+def pipeline(cfg, device: torch.device) -> tuple[float, float | None]:
+    """Images/s of the trainer's loop (second epoch), peak memory on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    summary = train(cfg)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if summary["interrupted"] or len(summary["epoch_metrics"]) < 2:
+        return float("nan"), peak  # the timed (second) epoch did not complete
+    return float(summary["epoch_metrics"][-1]["images_per_s"]), peak
+
+
+def run(
+    quick: bool,
+    out: Path,
+    cases: list[str] | None = None,
+    steps: int | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+) -> pd.DataFrame:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cases = cases or ["digits_emi", "cifar10_mio"]
+    steps = steps or (3 if quick else 20)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            b = batch or (32 if quick and dev.type == "cpu" else 256)
+            overrides = [
+                "train.epochs=2", f"train.max_steps_per_epoch={steps}", "eval.every_epochs=0",
+                "train.log_every_steps=0", "train.checkpoint_every_epochs=0",
+                f"train.run_dir={tmp}/run_{case}", f"data.batch_size={b}",
+                f"train.device={dev.type}",
+            ]  # fmt: skip
+            if case.startswith("cifar10"):
+                n_fake = max(2 * b * steps, 1000)
+                write_fake_cifar10(Path(tmp) / "cifar", n_fake)
+                overrides += [
+                    f"data.root={tmp}/cifar",
+                    "data.num_workers=0" if dev.type == "cpu" else "data.num_workers=8",
+                ]
+            cfg = load_config(CONFIGS / f"{case}.yaml", overrides)
+            a_ips, a_mem = ceiling(cfg, dev, max(steps, 5))
+            b_ips, b_mem = pipeline(cfg, dev)
+            rows.append({
+                "case": case, "arch": cfg.model.arch, "loss": cfg.loss.name, "batch": b,
+                "device": str(dev), "ceiling_img_s": a_ips, "pipeline_img_s": b_ips,
+                "ratio": b_ips / a_ips, "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
+                "threads": torch.get_num_threads(),
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    df = pd.DataFrame(rows)
+    write_table(df, out, "train_throughput", {"quick": quick, "steps": steps, "device": str(dev)})
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--case", action="append", default=None, help="config name (repeatable)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    df = run(args.quick, Path(args.out), args.case, args.steps, args.batch, args.device)
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

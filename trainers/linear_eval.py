@@ -1,0 +1,350 @@
+"""Frozen-backbone evaluation: linear probe and weighted cosine kNN.
+
+``python -m trainers.linear_eval --checkpoint CKPT [--data NAME] [--root DIR]
+[--labels-per-class N] [--out results.json]``
+
+Protocol (stated, as every option here):
+
+* Features. The backbone (no projector) of the checkpoint's encoder, rebuilt from the stored
+  ``encoder_spec`` (no config file needed), in eval mode (BN running statistics), on the probe
+  splits of the dataset (``DatasetSpec.train_split`` / ``eval_split``) WITHOUT augmentation
+  (``mitools.data.augment.eval_transform``: conversion + normalisation; ImageNet-100 resize 256 /
+  centre-crop 224). Features are computed once; no crop augmentation during probe training
+  (a documented simplification of the solo-learn protocol, which re-augments every epoch).
+* Linear probe: features standardised with the training-set mean/std, then multinomial logistic
+  regression ``W h + b`` with L2 penalty ``weight_decay/2 ||W||^2`` trained full-batch with
+  L-BFGS (``solver="lbfgs"``, default, deterministic) or mini-batch SGD momentum 0.9 with cosine
+  lr (``solver="sgd"``). Top-1 accuracy on the evaluation split.
+* kNN (Wu et al. 2018 InstDisc; solo-learn): L2-normalised features, the k nearest training
+  features by cosine similarity s, each votes for its class with weight ``exp(s / T)``;
+  k = 200, T = 0.07 by default (k is capped at the number of training samples).
+* ``labels_per_class`` N: the probe/kNN training set is the first N images of each class under a
+  permutation drawn from ``numpy.random.default_rng(seed)`` (the evaluation split is untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ProbeResult",
+    "extract_features",
+    "knn_predict",
+    "knn_accuracy",
+    "linear_probe",
+    "subsample_per_class",
+    "evaluate_backbone",
+    "main",
+]
+
+
+@dataclass
+class ProbeResult:
+    """Accuracies in percent (top-1) on the evaluation split."""
+
+    linear_top1: float | None
+    knn_top1: float | None
+    n_train: int
+    n_eval: int
+    feature_dim: int
+    labels_per_class: int | None
+    knn_k: int
+    knn_temperature: float
+    solver: str
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    max_samples: int | None = None,
+    num_workers: int = 0,
+    indices: np.ndarray | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Backbone features (float32, on CPU) and int64 labels of ``dataset`` (in order).
+
+    The backbone is put in eval mode for the pass and its previous mode restored. ``max_samples``
+    keeps an evenly spaced subset (deterministic); ``indices`` selects explicit items.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    if indices is None and max_samples is not None and len(dataset) > max_samples:
+        indices = np.linspace(0, len(dataset) - 1, max_samples).round().astype(np.int64)
+    if indices is not None:
+        dataset = Subset(dataset, [int(i) for i in indices])
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    try:
+        for x, y in loader:
+            h = backbone(x.to(device, non_blocking=True))
+            feats.append(h.float().cpu())
+            labels.append(torch.as_tensor(y, dtype=torch.int64))
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_predict(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    *,
+    k: int = 200,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> Tensor:
+    """Weighted cosine kNN labels (InstDisc): votes ``exp(cos / T)`` of the k nearest."""
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(
+            f"features must be (n, d) with equal d, got {tuple(train_x.shape)}, {tuple(test_x.shape)}"
+        )
+    if train_x.shape[0] != train_y.shape[0]:
+        raise ValueError(f"{train_x.shape[0]} training features but {train_y.shape[0]} labels")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    c = int(train_y.max()) + 1 if num_classes is None else int(num_classes)
+    k = max(1, min(int(k), train_x.shape[0]))
+    bank = F.normalize(train_x.float(), dim=1)
+    preds = []
+    for start in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[start : start + chunk].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(q.shape[0], c, dtype=weights.dtype)
+        votes.scatter_add_(1, train_y[idx], weights)
+        preds.append(votes.argmax(1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, *, k=200, temperature=0.07) -> float:
+    """Top-1 (%) of :func:`knn_predict`."""
+    pred = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature)
+    return float((pred == test_y).double().mean() * 100.0)
+
+
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    solver: str = "lbfgs",
+    steps: int = 100,
+    weight_decay: float = 1e-4,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> float:
+    """Top-1 (%) of a multinomial logistic regression on standardised frozen features.
+
+    ``lbfgs``: full batch, ``steps`` L-BFGS iterations (strong Wolfe line search) on
+    ``CE + weight_decay/2 ||W||^2``. ``sgd``: ``steps`` epochs of mini-batch SGD (momentum 0.9,
+    cosine lr from ``lr``, weight decay on W). Uses a private generator (global RNG untouched).
+    """
+    if solver not in ("lbfgs", "sgd"):
+        raise ValueError(f"solver must be 'lbfgs' or 'sgd', got {solver!r}")
+    x = train_x.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    xt = (test_x.double() - mean) / std
+    c = int(max(train_y.max(), test_y.max())) + 1 if num_classes is None else int(num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.zeros(x.shape[1], c, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        if solver == "lbfgs":
+            opt = torch.optim.LBFGS(
+                [w, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+            )
+
+            def closure() -> Tensor:
+                opt.zero_grad()
+                loss = F.cross_entropy(x @ w + b, train_y) + 0.5 * weight_decay * (w * w).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            opt = torch.optim.SGD([w, b], lr=lr, momentum=0.9)
+            n = x.shape[0]
+            n_batches = max(1, math.ceil(n / batch_size))
+            total = steps * n_batches
+            it = 0
+            for _ in range(steps):
+                perm = torch.randperm(n, generator=gen)
+                for j in range(n_batches):
+                    sel = perm[j * batch_size : (j + 1) * batch_size]
+                    for g in opt.param_groups:
+                        g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / total))
+                    opt.zero_grad()
+                    loss = F.cross_entropy(x[sel] @ w + b, train_y[sel])
+                    loss = loss + 0.5 * weight_decay * (w * w).sum()
+                    loss.backward()
+                    opt.step()
+                    it += 1
+    with torch.no_grad():
+        pred = (xt @ w + b).argmax(1)
+    return float((pred == test_y).double().mean() * 100.0)
+
+
+def subsample_per_class(labels: np.ndarray | Tensor, n_per_class: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n_per_class`` items of every class (random, ``default_rng(seed)``)."""
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for cls in np.unique(y[y >= 0]):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        if idx.size < n_per_class:
+            raise ValueError(f"class {cls} has {idx.size} items, fewer than {n_per_class}")
+        out.append(idx[:n_per_class])
+    return np.sort(np.concatenate(out))
+
+
+def _dataset_labels(dataset: Any) -> np.ndarray:
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return np.asarray(targets)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))])
+
+
+def evaluate_backbone(
+    backbone: nn.Module,
+    data: str,
+    root: str | None = None,
+    *,
+    labels_per_class: int | None = None,
+    knn_k: int = 200,
+    knn_temperature: float = 0.07,
+    solver: str = "lbfgs",
+    steps: int = 100,
+    weight_decay: float = 1e-4,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    max_train: int | None = None,
+    max_eval: int | None = None,
+    seed: int = 0,
+    linear: bool = True,
+    knn: bool = True,
+    num_workers: int = 0,
+) -> ProbeResult:
+    """Probe a frozen backbone on dataset ``data`` (protocol in the module docstring)."""
+    from mitools.data.augment import eval_transform
+    from mitools.data.datasets import build_dataset, get_spec
+
+    spec = get_spec(data)
+    tf = eval_transform(data)
+    train_ds = build_dataset(data, root, spec.train_split, transform=tf)
+    eval_ds = build_dataset(data, root, spec.eval_split, transform=tf)
+    idx = None
+    if labels_per_class is not None:
+        idx = subsample_per_class(_dataset_labels(train_ds), labels_per_class, seed)
+    backbone = backbone.to(device)
+    kw = dict(batch_size=batch_size, device=device, num_workers=num_workers)
+    tr_x, tr_y = extract_features(backbone, train_ds, indices=idx, max_samples=max_train, **kw)
+    ev_x, ev_y = extract_features(backbone, eval_ds, max_samples=max_eval, **kw)
+    keep = tr_y >= 0
+    tr_x, tr_y = tr_x[keep], tr_y[keep]
+    lin = (
+        linear_probe(
+            tr_x, tr_y, ev_x, ev_y, solver=solver, steps=steps, weight_decay=weight_decay,
+            seed=seed, num_classes=spec.num_classes,
+        )
+        if linear
+        else None
+    )  # fmt: skip
+    kacc = (
+        knn_accuracy(tr_x, tr_y, ev_x, ev_y, k=knn_k, temperature=knn_temperature) if knn else None
+    )
+    return ProbeResult(
+        lin, kacc, int(tr_x.shape[0]), int(ev_x.shape[0]), int(tr_x.shape[1]), labels_per_class,
+        min(knn_k, int(tr_x.shape[0])), knn_temperature, solver,
+    )  # fmt: skip
+
+
+def load_backbone(checkpoint: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module, dict]:
+    """Backbone rebuilt from a trainer checkpoint (``encoder_spec`` + weights, weights_only)."""
+    from mitools.checkpoint import load_checkpoint
+    from mitools.models import build_encoder_from_checkpoint_dict
+
+    state = load_checkpoint(checkpoint, map_location="cpu", required=("model", "encoder_spec"))
+    weights = state["model"]
+    if ema:
+        if not state.get("ema"):
+            raise ValueError(f"{checkpoint}: no momentum-encoder weights (ema) stored")
+        weights = state["ema"]
+    backbone = build_encoder_from_checkpoint_dict(
+        state["encoder_spec"], weights, backbone_only=True
+    )
+    return backbone, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Linear probe and kNN on a frozen backbone")
+    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
+    parser.add_argument("--data", default=None, help="dataset name (default: the run's)")
+    parser.add_argument("--root", default=None, help="dataset root (default: the run's)")
+    parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument("--solver", choices=("lbfgs", "sgd"), default="lbfgs")
+    parser.add_argument("--steps", type=int, default=100, help="L-BFGS iterations / SGD epochs")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--knn-k", type=int, default=200)
+    parser.add_argument("--knn-temperature", type=float, default=0.07)
+    parser.add_argument("--ema", action="store_true", help="probe the momentum encoder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON file (default: stdout only)")
+    args = parser.parse_args(argv)
+    try:
+        backbone, state = load_backbone(args.checkpoint, ema=args.ema)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data_cfg = (state.get("config") or {}).get("data", {})
+    data = args.data or data_cfg.get("name")
+    root = args.root or data_cfg.get("root")
+    if data is None:
+        print("error: the checkpoint stores no dataset name; pass --data", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_backbone(
+            backbone, data, root, labels_per_class=args.labels_per_class, knn_k=args.knn_k,
+            knn_temperature=args.knn_temperature, solver=args.solver, steps=args.steps,
+            weight_decay=args.weight_decay, batch_size=args.batch_size, device=args.device,
+            seed=args.seed, num_workers=args.num_workers,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = {"checkpoint": str(args.checkpoint), "data": data, "epoch": state.get("epoch")}
+    out.update(asdict(result))
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

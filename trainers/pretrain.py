@@ -1,0 +1,681 @@
+"""Self-supervised pre-training, one readable loop (nanoGPT style).
+
+``python -m trainers.pretrain --config CONFIG [--set key=value ...] [--resume auto|PATH]``
+(no ``--config``: the embedded digits + EMI default). The same command under
+``torchrun --nproc_per_node=N`` trains with DistributedDataParallel (process group from the
+env:// variables; gloo on CPU, nccl on CUDA; ``data.batch_size`` is the global batch).
+
+Every run writes into ``train.run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
+object per line: ``"kind": "step"`` every ``train.log_every_steps`` steps and ``"kind": "epoch"``
+after each epoch, with the online-monitoring numbers), TensorBoard event files when
+``tensorboard`` is installed (silently skipped otherwise), and checkpoints: ``last.pt`` after every
+epoch and ``epoch_XXXX.pt`` every ``train.checkpoint_every_epochs``. Checkpoints follow
+:mod:`mitools.checkpoint` (atomic, ``weights_only`` loadable) plus ``batch_in_epoch`` (batches of
+the current epoch already done; non-zero only for checkpoints written on SIGTERM/SIGINT).
+
+Resuming is exact on CPU with ``train.deterministic`` and ``data.num_workers=0``: the batch order
+of epoch e is a permutation seeded by ``(seed, e)`` (sharded over ranks like DistributedSampler),
+augmentation draws from the global RNG, whose state the checkpoint stores.
+
+Loss dispatch (``ssl_loss``): without a momentum encoder, ``loss(p1, p2)`` where p is the
+predictor output if the encoder has a predictor, else the projection z. With one (targets t1, t2
+from the EMA encoder, no gradient): byol and mec take ``loss(p1, p2, t1, t2)`` natively; other
+losses use ``loss.target_pairing="cross"``: ``loss(cat(p1, p2), cat(t2, t1))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from trainers.config import (
+    Config,
+    ConfigError,
+    check_loss_params,
+    config_to_dict,
+    dump_yaml,
+    load_config,
+)
+
+__all__ = [
+    "ConstantLoss",
+    "EpochBatchSampler",
+    "NonFiniteLossError",
+    "TwoViewModel",
+    "build_loss_from_config",
+    "preflight",
+    "resolve_run_dir",
+    "ssl_loss",
+    "train",
+    "main",
+]
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "digits_emi.yaml"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class ConstantLoss(nn.Module):
+    """Control: a constant loss with zero gradient (``0 * sum(z) + 1``); nothing is learned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_terms: dict[str, Any] = {}
+
+    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        loss = 0.0 * (z1.sum() + z2.sum()) + 1.0
+        self.last_terms = {"loss": loss.detach()}
+        return loss
+
+
+class TwoViewModel(nn.Module):
+    """Both views through the encoder in ONE forward (what DDP wraps), BN statistics per view.
+
+    Returns ``(h1, h2, z1, z2, p1, p2)``; p = predictor(z) if the encoder has one, else z.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, ...]:
+        h1, z1 = self.model(x1)
+        h2, z2 = self.model(x2)
+        if self.model.predictor is not None:
+            return h1, h2, z1, z2, self.model.predictor(z1), self.model.predictor(z2)
+        return h1, h2, z1, z2, z1, z2
+
+
+class EpochBatchSampler:
+    """Batches of indices for epoch e: a permutation seeded by (seed, e), rank ``rank`` taking
+    every ``world``-th index (as DistributedSampler with drop_last), full batches only; the
+    first ``start_batch`` batches are skipped (mid-epoch resume)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if batch_size < 1 or n // world < batch_size:
+            raise ValueError(
+                f"per-rank batch {batch_size} needs >= {batch_size} items per rank; "
+                f"dataset has {n} for {world} rank(s)"
+            )
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.n // self.world) // self.batch_size - self.start_batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        per_rank = self.n // self.world
+        mine = perm[: per_rank * self.world][self.rank :: self.world]
+        n_batches = per_rank // self.batch_size
+        for b in range(self.start_batch, n_batches):
+            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    return Path(
+        cfg.train.run_dir.format(
+            data=cfg.data.name, loss=cfg.loss.name, arch=cfg.model.arch, seed=cfg.train.seed
+        )
+    )
+
+
+def _loss_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    for key, value in params.items():
+        if key.endswith("dtype") and isinstance(value, str):
+            if value not in ("float32", "float64"):
+                raise ConfigError(f"loss.params.{key}: expected float32 or float64, got {value!r}")
+            out[key] = getattr(torch, value)
+    return out
+
+
+def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
+    """The loss module; ``gather_distributed`` is set for batch-coupled losses under DDP."""
+    from mitools.losses import BATCH_COUPLED, build_loss
+
+    check_loss_params(cfg.loss.name, cfg.loss.params)
+    if cfg.loss.name == "constant":
+        return ConstantLoss()
+    params = _loss_params(cfg.loss.params)
+    if cfg.loss.name in BATCH_COUPLED:
+        params["gather_distributed"] = bool(cfg.loss.gather_distributed and world > 1)
+    if cfg.loss.name == "byol" and cfg.model.momentum_encoder:
+        params.setdefault("stop_gradient", True)
+    try:
+        return build_loss(cfg.loss.name, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"loss: {exc}") from exc
+
+
+def preflight(cfg: Config) -> Path:
+    """One-line ConfigError for problems found BEFORE any work: bad encoder/loss/optimiser
+    settings, a missing dataset (names the dataset and the expected layout), an unwritable run
+    folder. Returns the run folder."""
+    from mitools.data.augment import PRESET_NAMES
+    from mitools.data.datasets import build_dataset, get_spec
+    from mitools.models import EncoderSpec
+    from mitools.optim import OPTIMIZERS
+
+    try:
+        spec = get_spec(cfg.data.name)
+    except ValueError as exc:
+        raise ConfigError(f"data.name: {exc}") from exc
+    checks = [
+        (cfg.data.augment in ("batch", "workers"), "data.augment must be 'batch' or 'workers'"),
+        (cfg.data.preset is None or cfg.data.preset in PRESET_NAMES, f"data.preset: one of {PRESET_NAMES}"),
+        (cfg.optim.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),
+        (cfg.optim.lr_scaling in ("none", "linear", "sqrt"), "optim.lr_scaling: none|linear|sqrt"),
+        (cfg.train.amp in ("auto", "bf16", "fp16", "off"), "train.amp: auto|bf16|fp16|off"),
+        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device: auto|cpu|cuda"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.data.batch_size >= 2, "data.batch_size must be >= 2"),
+        (cfg.loss.target_pairing == "cross", "loss.target_pairing: only 'cross' is implemented"),
+        (cfg.model.in_channels == spec.channels,
+         f"model.in_channels={cfg.model.in_channels} but {spec.name} has {spec.channels} channels"),
+    ]  # fmt: skip
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    try:
+        EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
+    build_loss_from_config(cfg)
+    for split in {spec.pretrain_split, spec.train_split, spec.eval_split}:
+        try:
+            build_dataset(cfg.data.name, cfg.data.root, split, download=cfg.data.download)
+        except (FileNotFoundError, ValueError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"dataset {cfg.data.name!r} not usable: {msg}") from exc
+    run_dir = resolve_run_dir(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"run folder {run_dir} is not writable: {exc.strerror or exc}") from exc
+    return run_dir
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_kind: str) -> _Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may use the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def _load_loss_state(loss: nn.Module, state: dict[str, Tensor]) -> None:
+    """load_state_dict that first resizes buffers stored empty before the first step
+    (e.g. EMA covariances): a fresh loss has 0-element placeholders."""
+    own = dict(loss.named_buffers())
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            owner_name, _, attr = key.rpartition(".")
+            owner = loss.get_submodule(owner_name) if owner_name else loss
+            setattr(owner, attr, value.clone().to(own[key].device))
+    loss.load_state_dict(state)
+
+
+class _Metrics:
+    """metrics.jsonl (+ TensorBoard when installed) on the main rank."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard not installed: JSON lines only
+                self.tb = None
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            prefix = record.get("kind", "step")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _terms(loss_fn: nn.Module) -> dict[str, float]:
+    out = {}
+    for k, v in getattr(loss_fn, "last_terms", {}).items():
+        if isinstance(v, Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def ssl_loss(
+    cfg: Config,
+    loss_fn: nn.Module,
+    out: tuple[Tensor, ...],
+    targets: tuple[Tensor, Tensor] | None,
+) -> Tensor:
+    """The SSL loss of one batch from ``TwoViewModel`` outputs (dispatch in the module doc)."""
+    _, _, _, _, p1, p2 = out
+    if targets is None:
+        return loss_fn(p1, p2)
+    t1, t2 = targets
+    if cfg.loss.name in ("byol", "mec"):
+        return loss_fn(p1, p2, t1, t2)
+    return loss_fn(torch.cat([p1, p2]), torch.cat([t2, t1]))
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+@torch.no_grad()
+def online_eval(cfg, model, probe_sets, device) -> dict[str, float]:
+    """Cheap, detached monitoring: kNN / linear probe on backbone features, spectrum of z."""
+    from mitools.spectrum import effective_rank, normalized_std
+    from trainers.linear_eval import extract_features, knn_accuracy, linear_probe
+
+    train_ds, val_ds = probe_sets
+    e = cfg.eval
+    kw = dict(batch_size=e.batch_size, device=device, max_samples=e.max_samples)
+    tr_x, tr_y = extract_features(model.backbone, train_ds, **kw)
+    va_x, va_y = extract_features(model.backbone, val_ds, **kw)
+    keep = tr_y >= 0
+    tr_x, tr_y = tr_x[keep], tr_y[keep]
+    out: dict[str, float] = {}
+    if e.knn:
+        out["knn_top1"] = knn_accuracy(
+            tr_x, tr_y, va_x, va_y, k=e.knn_k, temperature=e.knn_temperature
+        )
+    if e.linear_probe:
+        out["probe_top1"] = linear_probe(
+            tr_x, tr_y, va_x, va_y, steps=e.probe_steps, weight_decay=e.probe_weight_decay
+        )
+    was = model.training
+    model.eval()
+    z = torch.cat([model.projector(va_x[i : i + e.batch_size].to(device)).float().cpu()
+                   for i in range(0, va_x.shape[0], e.batch_size)])  # fmt: skip
+    model.train(was)
+    out["feat_effective_rank"] = effective_rank(va_x)
+    out["proj_effective_rank"] = effective_rank(z)
+    out["proj_normalized_std"] = normalized_std(z)
+    out["proj_normalized_std_healthy"] = 1.0 / math.sqrt(z.shape[1])
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Run pre-training; returns a summary (run folder, epochs, last metrics, interrupted)."""
+    from torch.utils.data import DataLoader
+
+    from mitools.checkpoint import (
+        GracefulExit,
+        capture_rng_state,
+        find_latest_checkpoint,
+        load_checkpoint,
+        mitools_version,
+        restore_rng_state,
+        save_checkpoint,
+    )
+    from mitools.data.augment import (
+        BatchAugment,
+        TwoViewTransform,
+        get_preset,
+        loader_transform,
+        preset_for,
+    )
+    from mitools.data.datasets import build_dataset, get_spec
+    from mitools.models import EncoderSpec, MomentumEncoder, SSLModel, cosine_momentum
+    from mitools.optim import WarmupCosineLR, build_optimizer, scaled_lr
+
+    # --- device, distributed, determinism
+    use_cuda = cfg.train.device == "cuda" or (
+        cfg.train.device == "auto" and torch.cuda.is_available()
+    )
+    ddp = _init_distributed("cuda" if use_cuda else "cpu")
+    device = torch.device(f"cuda:{ddp.local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if use_cuda else "off")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    channels_last = use_cuda and cfg.train.channels_last
+    if cfg.data.batch_size % ddp.world:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} not divisible by {ddp.world} ranks"
+        )
+    local_batch = cfg.data.batch_size // ddp.world
+    run_dir = resolve_run_dir(cfg)
+    show = cfg.train.progress and ddp.main and os.environ.get("MITOOLS_NO_PROGRESS") != "1"
+
+    # --- data: unaugmented tensors; two views made on the device (batch) or in workers
+    dspec = get_spec(cfg.data.name)
+    asym = cfg.loss.name == "byol"
+    if cfg.data.preset is not None:
+        preset = get_preset(cfg.data.preset, asymmetric=asym, mean=dspec.mean, std=dspec.std)
+    else:
+        preset = preset_for(cfg.data.name, asymmetric=asym)
+    batch_aug = BatchAugment(preset).to(device) if cfg.data.augment == "batch" else None
+    pre_tf = loader_transform(cfg.data.name) if batch_aug is not None else TwoViewTransform(preset)
+    train_set = build_dataset(cfg.data.name, cfg.data.root, dspec.pretrain_split, transform=pre_tf)
+    sampler = EpochBatchSampler(len(train_set), local_batch, cfg.train.seed, ddp.rank, ddp.world)
+    # Private generator for the loader's worker seeds, re-seeded per (epoch, rank): creating an
+    # iterator then leaves the global RNG (augmentation, stored in checkpoints) untouched.
+    loader_gen = torch.Generator()
+    loader = DataLoader(
+        train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory and use_cuda, persistent_workers=False,
+        generator=loader_gen,
+    )  # fmt: skip
+    probe_sets = None
+    if cfg.eval.every_epochs > 0 and ddp.main:
+        from mitools.data.augment import eval_transform
+
+        tf = eval_transform(cfg.data.name)
+        probe_sets = (
+            build_dataset(cfg.data.name, cfg.data.root, dspec.train_split, transform=tf),
+            build_dataset(cfg.data.name, cfg.data.root, dspec.eval_split, transform=tf),
+        )
+
+    # --- model (same init on every rank), DDP wrapper, EMA target, loss, optimiser, schedule
+    _seed_all(cfg.train.seed)
+    spec = EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
+    model = SSLModel(spec).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ddp.world > 1 and cfg.model.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = TwoViewModel(model)
+    if ddp.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False
+        )
+    target = (
+        MomentumEncoder(model, buffers=cfg.model.momentum_buffers)
+        if cfg.model.momentum_encoder
+        else None
+    )
+    loss_fn = build_loss_from_config(cfg, ddp.world).to(device)
+    fwd = torch.compile(net) if cfg.train.compile else net
+    steps_per_epoch = len(sampler)
+    if cfg.train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    o = cfg.optim
+    lr = o.lr if o.lr_scaling == "none" else scaled_lr(o.lr, cfg.data.batch_size, o.lr_scaling)
+    optimizer = build_optimizer(
+        o.name,
+        model,
+        lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        eta=o.eta,
+        clip_lr=o.clip_lr,
+    )
+    scheduler = WarmupCosineLR(
+        optimizer, total_steps, min(total_steps, round(o.warmup_epochs * steps_per_epoch)),
+        final_lr_ratio=o.final_lr_ratio, warmup_start_ratio=o.warmup_start_ratio,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    _seed_all(cfg.train.seed + ddp.rank)  # different augmentations per rank
+
+    # --- resume
+    epoch, step, batch_in_epoch = 0, 0, 0
+    ckpt_path = None
+    if resume == "auto":
+        ckpt_path = find_latest_checkpoint(run_dir)
+    elif resume:
+        ckpt_path = Path(resume)
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if target is not None and state.get("ema") is not None:
+            target.load_state_dict(state["ema"])
+        if state.get("loss_state"):
+            _load_loss_state(loss_fn, state["loss_state"])
+        epoch, step = int(state["epoch"]), int(state["step"])
+        batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        if ddp.world == int(state.get("world_size", 1)) and state.get("rng_per_rank"):
+            restore_rng_state(state["rng_per_rank"][ddp.rank])
+        if ddp.main:
+            print(f"resumed from {ckpt_path} (epoch {epoch}, step {step})", file=sys.stderr)
+
+    def checkpoint(name: str, batch_done: int) -> Path | None:
+        rngs = [capture_rng_state()]
+        if ddp.world > 1:
+            rngs = [None] * ddp.world
+            dist.all_gather_object(rngs, capture_rng_state())
+        if not ddp.main:
+            return None
+        return save_checkpoint(run_dir / name, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ema": None if target is None else target.state_dict(),
+            "loss_state": loss_fn.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+            "world_size": ddp.world, "epoch": epoch, "step": step, "batch_in_epoch": batch_done,
+            "config": config_to_dict(cfg), "encoder_spec": spec.to_dict(),
+            "mitools_version": mitools_version(),
+        })  # fmt: skip
+
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    metrics = _Metrics(run_dir, ddp.main, cfg.train.tensorboard)
+    autocast = (
+        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    )
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "interrupted": False, "epoch_metrics": []}
+    mec_lamda = None
+    if cfg.loss.name == "mec" and cfg.loss.mec_warmup_epochs > 0:
+        from mitools.losses import mec_lamda_inv
+
+        d = model.projection_dim
+        mec_lamda = (d / (cfg.data.batch_size * cfg.loss.params.get("eps", 64.0)), mec_lamda_inv)
+
+    # --- the loop
+    with GracefulExit() as stop:
+        while epoch < cfg.train.epochs:
+            net.train()
+            loss_fn.train()
+            sampler.set_epoch(epoch, batch_in_epoch)
+            loader_gen.manual_seed((cfg.train.seed * 1_000_003 + epoch) * 4099 + ddp.rank)
+            n_steps = steps_per_epoch - batch_in_epoch
+            bar = None
+            if show:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+            t0, seen, sums = time.perf_counter(), 0, {}
+            for i, (batch, _) in enumerate(loader):
+                if i >= n_steps:
+                    break
+                if batch_aug is not None:
+                    x = batch.to(device, non_blocking=True)
+                    x1, x2 = batch_aug(x)
+                else:
+                    x1, x2 = (v.to(device, non_blocking=True) for v in batch)
+                if channels_last:
+                    x1 = x1.contiguous(memory_format=torch.channels_last)
+                    x2 = x2.contiguous(memory_format=torch.channels_last)
+                if mec_lamda is not None:
+                    warm = cfg.loss.mec_warmup_epochs * steps_per_epoch
+                    loss_fn.lamda_inv = mec_lamda[1](step, warm, mec_lamda[0])
+                with autocast:
+                    out = fwd(x1, x2)
+                    targets = None
+                    if target is not None:
+                        targets = (target(x1)[1], target(x2)[1])
+                    loss = ssl_loss(cfg, loss_fn, out, targets)
+                bad = (~torch.isfinite(loss.detach())).float()
+                if ddp.world > 1:
+                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+                if bad.item() > 0:
+                    last = run_dir / "last.pt"
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step}: "
+                        f"stopping; last good checkpoint kept: "
+                        f"{last if last.exists() else 'none written yet'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if o.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if target is not None:
+                    m = cosine_momentum(
+                        step, total_steps, cfg.model.momentum_base, cfg.model.momentum_final
+                    )
+                    target.update(model, m)
+                step += 1
+                seen += x1.shape[0] * ddp.world
+                terms = _terms(loss_fn)
+                terms["loss"] = float(loss.detach())
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                ips = seen / max(time.perf_counter() - t0, 1e-9)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{ips:.0f}")
+                    bar.update(1)
+                if (
+                    ddp.main
+                    and cfg.train.log_every_steps > 0
+                    and step % cfg.train.log_every_steps == 0
+                ):
+                    rec = {"kind": "step", "epoch": epoch, "step": step,
+                           "lr": scheduler.get_last_lr()[0], "images_per_s": ips, **terms}  # fmt: skip
+                    metrics.log(rec, step)
+                stop_now = torch.tensor(float(stop.requested))
+                if ddp.world > 1:
+                    dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+                if stop_now.item() > 0:
+                    path = checkpoint("last.pt", batch_in_epoch + i + 1)
+                    if ddp.main:
+                        print(
+                            f"signal {stop.signal_name or ''}: checkpoint {path}", file=sys.stderr
+                        )
+                    summary["interrupted"] = True
+                    break
+            if bar is not None:
+                bar.close()
+            if summary["interrupted"]:
+                break
+            n_done = max(n_steps, 1)
+            epoch += 1
+            batch_in_epoch = 0
+            rec = {"kind": "epoch", "epoch": epoch, "step": step,
+                   "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                   **{f"mean_{k}": v / n_done for k, v in sums.items()}}  # fmt: skip
+            if probe_sets is not None and epoch % cfg.eval.every_epochs == 0:
+                rec.update(online_eval(cfg, model, probe_sets, device))
+            if ddp.main:
+                metrics.log(rec, step)
+                summary["epoch_metrics"].append(rec)
+            checkpoint("last.pt", 0)
+            k = cfg.train.checkpoint_every_epochs
+            if k > 0 and epoch % k == 0:
+                checkpoint(f"epoch_{epoch:04d}.pt", 0)
+    metrics.close()
+    summary.update(epoch=epoch, step=step)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="MI-based SSL pre-training")
+    parser.add_argument("--config", default=None, help="YAML config (default: digits + EMI)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.5 (repeatable)")  # fmt: skip
+    parser.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint) or a path")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
+        if int(os.environ.get("RANK", "0")) == 0:
+            preflight(cfg)
+        if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+            raise ConfigError(f"--resume: no checkpoint file at {args.resume}")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg, args.resume)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    last = summary["epoch_metrics"][-1] if summary["epoch_metrics"] else {}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": summary["run_dir"], "epoch": summary["epoch"],
+                          "interrupted": summary["interrupted"], **last}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
