@@ -1,0 +1,271 @@
+"""`python -m mitools.diagnose`: inputs, outputs, exit codes and one-line errors on bad input."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mitools.checkpoint import save_checkpoint
+from mitools.diagnose import EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_OK, main
+from mitools.models import EncoderSpec, SSLModel
+from mitools.spectrum import collapse_report
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = EncoderSpec(arch="small_cnn", in_channels=1, widths=[8, 16, 16], projector_dims=[32, 16])
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_bad_input(code, err, *fragments):
+    assert code == EXIT_BAD_INPUT
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trainer_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint in the trainer's schema (mitools.checkpoint.save_checkpoint)."""
+    torch.manual_seed(0)
+    model = SSLModel(SPEC)
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    state = {
+        "model": model.state_dict(),
+        "epoch": 3,
+        "step": 30,
+        "encoder_spec": SPEC.to_dict(),
+        "config": {"data": {"name": "digits", "root": None}},
+    }
+    return save_checkpoint(path, state, verify=True)
+
+
+def test_trainer_checkpoint_text_json_and_plots(trainer_ckpt, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, text, err = _run(
+        [trainer_ckpt, "--layer", "both", "--out", out, "--samples", 200], capsys
+    )
+    assert code == EXIT_OK, err
+    assert "effective rank (RankMe)" in text and "backbone" in text and "projector" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "checkpoint" and report["data"] == "digits"
+    assert report["split"] == "val"
+    for layer, dim in (("backbone", 16), ("projector", 16)):
+        rep = report["layers"][layer]
+        assert rep["n_samples"] == 200 and rep["dim"] == dim
+        assert len(rep["singular_values"]) == dim
+        assert (out / f"spectrum_{layer}.png").stat().st_size > 5000
+    # The numbers are those of collapse_report on the same embeddings (independent re-embedding).
+    from mitools.data import build_dataset, eval_transform
+    from mitools.models import build_encoder_from_checkpoint_dict
+
+    ck = torch.load(trainer_ckpt, weights_only=True)
+    model = build_encoder_from_checkpoint_dict(ck["encoder_spec"], ck["model"])
+    ds = build_dataset("digits", None, "val", transform=eval_transform("digits"))
+    idx = np.sort(np.random.default_rng(0).choice(len(ds), size=200, replace=False))
+    x = torch.stack([ds[i][0] for i in idx])
+    with torch.no_grad():
+        z = model(x)[1].numpy()
+    assert report["layers"]["projector"]["effective_rank"] == pytest.approx(
+        collapse_report(z).effective_rank, rel=1e-5
+    )
+    # JSON on stdout, default layer = projector only.
+    code, text, _ = _run([trainer_ckpt, "--format", "json", "--samples", 100], capsys)
+    assert code == EXIT_OK
+    assert list(json.loads(text)["layers"]) == ["projector"]
+
+
+def test_plain_torchvision_state_dict(tmp_path, capsys):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # CIFAR stem, grey input
+    net.maxpool = nn.Identity()
+    path = tmp_path / "resnet18.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)  # DDP-style
+    args = [path, "--data", "digits", "--samples", 64]
+    code, _, err = _run(args, capsys)
+    _assert_bad_input(code, err, "--arch")
+    code, text, err = _run([*args, "--arch", "resnet18", "--cifar-stem"], capsys)
+    assert code == EXIT_OK, err
+    assert "64 x 512" in text
+    # 64 samples < 512 dims: warned, not refused.
+    assert "rank-limited" in err
+    # The same weights under another architecture: the first mismatching keys are named.
+    code, _, err = _run([*args, "--arch", "resnet50", "--cifar-stem"], capsys)
+    _assert_bad_input(code, err, "another architecture", "layer1.0.conv3.weight")
+    code, _, err = _run(
+        [*args, "--arch", "resnet18", "--cifar-stem", "--layer", "projector"], capsys
+    )
+    _assert_bad_input(code, err, "projector")
+
+
+def test_embeddings_files_and_exit_codes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    healthy = rng.standard_normal((500, 32)).astype(np.float32)
+    np.save(tmp_path / "healthy.npy", healthy)
+    code, text, err = _run([tmp_path / "healthy.npy", "--fail-on", "collapse"], capsys)
+    assert code == EXIT_OK, err
+    assert "HEALTHY" in text
+    constant = np.tile(rng.standard_normal(32), (500, 1))
+    torch.save(torch.from_numpy(constant), tmp_path / "constant.pt")
+    code, text, _ = _run([tmp_path / "constant.pt", "--fail-on", "collapse"], capsys)
+    assert code == EXIT_COLLAPSE and "COMPLETE_COLLAPSE" in text
+    code, _, _ = _run([tmp_path / "constant.pt"], capsys)
+    assert code == EXIT_OK  # collapse without --fail-on is still a written report
+    # Dict with a second view: alignment is reported.
+    pair = {"z": torch.from_numpy(healthy), "z2": torch.from_numpy(healthy * 1.5)}
+    torch.save(pair, tmp_path / "pair.pt")
+    code, text, _ = _run([tmp_path / "pair.pt", "--format", "json"], capsys)
+    assert code == EXIT_OK
+    assert json.loads(text)["layers"]["z"]["alignment"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_module_entry_point(tmp_path):
+    np.save(tmp_path / "z.npy", np.random.default_rng(1).standard_normal((100, 8)))
+    env = {**os.environ, "MITOOLS_NO_PROGRESS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mitools.diagnose", str(tmp_path / "z.npy"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "spectrum_z.png").is_file()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mitools.diagnose", str(tmp_path / "missing.pt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "no such file" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_empty_file(tmp_path, capsys):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    _assert_bad_input(*_run([tmp_path / "empty.pt"], capsys)[::2], "empty")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    _assert_bad_input(*_run([tmp_path / "empty.npy"], capsys)[::2], ".npy")
+
+
+def test_truncated_checkpoint(trainer_ckpt, tmp_path, capsys):
+    data = trainer_ckpt.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    _assert_bad_input(*_run([tmp_path / "cut.pt"], capsys)[::2], "truncated")
+
+
+def test_text_file(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("epoch 3: loss 0.5\n")
+    _assert_bad_input(*_run([tmp_path / "notes.pt"], capsys)[::2], "text file")
+
+
+def test_zip_that_is_not_a_checkpoint(tmp_path, capsys):
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    _assert_bad_input(*_run([tmp_path / "archive.pt"], capsys)[::2], "not a torch checkpoint")
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("container", ["raw_pickle", "torch_zip"])
+def test_pickle_that_would_run_code_is_refused(tmp_path, capsys, container):
+    marker = tmp_path / "pwned"
+    payload = {"model": _Exploit(marker), "epoch": 0, "step": 0}
+    path = tmp_path / "evil.pt"
+    if container == "raw_pickle":
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path)
+    # Sanity: an ordinary unpickler WOULD run it (so the test can fail).
+    if container == "raw_pickle":
+        pickle.loads(path.read_bytes())
+        assert marker.exists()
+        marker.unlink()
+    code, _, err = _run([path], capsys)
+    _assert_bad_input(code, err, "refused")
+    assert not marker.exists()
+
+
+def test_non_finite_weights_and_embeddings(tmp_path, capsys):
+    model = SSLModel(SPEC)
+    sd = model.state_dict()
+    sd["projector.0.weight"][0, 0] = float("nan")
+    state = {"model": sd, "epoch": 1, "step": 1, "encoder_spec": SPEC.to_dict()}
+    save_checkpoint(tmp_path / "nan.pt", state)
+    _assert_bad_input(
+        *_run([tmp_path / "nan.pt", "--data", "digits"], capsys)[::2], "projector.0.weight"
+    )
+    z = np.random.default_rng(0).standard_normal((50, 4))
+    z[3, 1] = np.inf
+    np.save(tmp_path / "inf.npy", z)
+    _assert_bad_input(*_run([tmp_path / "inf.npy"], capsys)[::2], "non-finite")
+
+
+def test_unknown_dataset_and_missing_folder(trainer_ckpt, capsys):
+    _assert_bad_input(*_run([trainer_ckpt, "--data", "mnist"], capsys)[::2], "unknown dataset")
+    _assert_bad_input(
+        *_run([trainer_ckpt, "--data", "cifar10:/nonexistent/cifar"], capsys)[::2],
+        "/nonexistent/cifar",
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        main([str(tmp_path / "empty.pt"), "--debug"])
+
+
+def test_hessian_flag_message(tmp_path, capsys):
+    np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((40, 4)))
+    code, _, err = _run([tmp_path / "z.npy", "--hessian"], capsys)
+    assert code == EXIT_OK and "Hessian summary is not available" in err
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_real_digits_runs_alignment_flagged_emi_mio_healthy(tmp_path, capsys):
+    """Trainer runs of equal length (analysis.collapse quick: 3 epochs, 33 steps each)."""
+    from analysis.collapse import run
+
+    df = run(quick=True, out=tmp_path / "results", run_root=tmp_path / "runs")
+    final = df[df.epoch == df.epoch.max()].set_index("objective")
+    assert final.loc["alignment", "verdict"] != "healthy"
+    assert final.loc["emi", "verdict"] == "healthy"
+    assert final.loc["mio", "verdict"] == "healthy"
+    assert (tmp_path / "results" / "collapse.csv").is_file()
+    assert (tmp_path / "results" / "collapse_spectra.csv").is_file()
+    # The CLI on the trainer's own checkpoint agrees, and --fail-on turns it into exit 1.
+    ckpt = tmp_path / "runs" / "alignment" / "last.pt"
+    code, _, err = _run([ckpt, "--fail-on", "collapse"], capsys)
+    assert code == EXIT_COLLAPSE, err
+    code, _, err = _run([tmp_path / "runs" / "emi" / "last.pt", "--fail-on", "collapse"], capsys)
+    assert code == EXIT_OK, err
