@@ -25,8 +25,8 @@ Rows (tidy, ``taylor_order.csv``), column ``study``:
 
 With ``--checkpoint PATH`` the "order" study also runs on real embeddings: a .npy/.pt file holding
 an (N, d) array (log-det only) or a (2, N, d) array / a .pt dict with "z1" and "z2" (two views:
-log-det and MI). Trainer checkpoints will be accepted once the trainers exist; for now export the
-embeddings to such a file.
+log-det and MI), or a ``trainers.pretrain`` checkpoint, whose encoder embeds two augmented views
+of its dataset's evaluation split (projector output).
 """
 
 from __future__ import annotations
@@ -418,9 +418,44 @@ def running_rows(
     return rows
 
 
+def embeddings_from_trainer_checkpoint(
+    path: str | Path, samples: int = 2048, seed: int = 0
+) -> list[torch.Tensor]:
+    """Two augmented views' projector embeddings from a ``trainers.pretrain`` checkpoint.
+
+    The encoder is rebuilt from the checkpoint alone (:func:`mitools.diagnose.load_input`); the
+    images are the first ``samples`` of the dataset's evaluation split named in the stored config
+    (digits by default), augmented twice by the dataset's preset (:class:`BatchAugment`, seeded).
+    """
+    from mitools.data import build_dataset, get_spec
+    from mitools.data.augment import BatchAugment, loader_transform, preset_for
+    from mitools.diagnose import load_input
+
+    loaded = load_input(path)
+    if loaded.kind != "checkpoint" or loaded.model is None:
+        raise ValueError(f"{path}: not a trainer checkpoint")
+    data_cfg = loaded.config.get("data", {}) if isinstance(loaded.config, dict) else {}
+    name = data_cfg.get("name", "digits")
+    dataset = build_dataset(
+        name, data_cfg.get("root"), get_spec(name).eval_split, transform=loader_transform(name)
+    )
+    n = min(samples, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(n)])
+    generator = torch.Generator().manual_seed(seed)
+    x1, x2 = BatchAugment(preset_for(name))(images, generator)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        return [model.projector(model.backbone(x)).to(F64) for x in (x1, x2)]
+
+
 def load_embeddings(path: str | Path) -> list[torch.Tensor]:
-    """One (N, d) view or two views from a .npy / .npz / .pt file (see module docstring)."""
+    """One (N, d) view or two views from a .npy / .npz / .pt file (see module docstring), or two
+    views embedded by a trainer checkpoint (.pt holding ``model`` and ``encoder_spec``)."""
     path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and "encoder_spec" in obj and "model" in obj:
+            return embeddings_from_trainer_checkpoint(path)
     if path.suffix == ".npy":
         arr = torch.from_numpy(np.load(path))
     elif path.suffix == ".npz":
@@ -440,7 +475,7 @@ def load_embeddings(path: str | Path) -> list[torch.Tensor]:
             arr = torch.as_tensor(obj)
     else:
         raise ValueError(
-            f"{path}: expected .npy, .npz or .pt embeddings (trainer checkpoints come with the trainers)"
+            f"{path}: expected .npy, .npz or .pt embeddings, or a trainer checkpoint (.pt)"
         )
     arr = arr.to(F64)
     if arr.ndim == 2:
@@ -574,7 +609,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "--checkpoint",
         default=None,
         help="embeddings file: .npy/.npz/.pt with an (N, d) array, a (2, N, d) array, or a .pt dict "
-        "{'z1','z2'} of two views. Trainer checkpoints come with the trainers (not yet available).",
+        "{'z1','z2'} of two views, or a trainer checkpoint (two augmented views of its dataset's "
+        "evaluation split are embedded through the projector).",
     )
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="override dimensions")
     parser.add_argument(
