@@ -23,6 +23,10 @@ Each layer gets a
 receives ``report.json`` and ``spectrum_<layer>.png`` (log singular values with the effective rank
 marked; cumulative explained variance).
 
+``--hessian`` (trainer checkpoints only) adds the top eigenvalues, the most negative one and the
+trace of the Hessian of the checkpoint's own training loss with respect to the encoder parameters,
+on 64 frozen augmented view pairs (:func:`checkpoint_hessian`).
+
 Exit codes: 0 report written; 1 only with ``--fail-on collapse`` when a layer is not healthy;
 2 bad input (one-line ``error:`` message; ``--debug`` shows the traceback).
 """
@@ -64,9 +68,65 @@ EXIT_OK, EXIT_COLLAPSE, EXIT_BAD_INPUT = 0, 1, 2
 LAYERS = ("backbone", "projector")
 EMBEDDING_KEYS = ("z", "embeddings")
 HESSIAN_MESSAGE = (
-    "--hessian: the Hessian summary is not available yet (it needs mitools.hessian, which this "
-    "installation does not have); the spectrum report is unaffected"
+    "--hessian: needs a trainer checkpoint (it holds the training loss in its config); skipped, "
+    "the spectrum report is unaffected"
 )
+
+
+def hessian_views(
+    data_name: str, root: str | os.PathLike[str] | None, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen pair of augmented views ``--hessian`` evaluates the loss on: ``n`` images of the
+    dataset's pre-training split, drawn and augmented (the dataset's preset) with ``seed``."""
+    from mitools.data import build_dataset, get_spec
+    from mitools.data.augment import BatchAugment, loader_transform, preset_for
+    from mitools.hessian import freeze_views
+
+    spec = get_spec(data_name)
+    dataset = build_dataset(
+        data_name, root, spec.train_split, transform=loader_transform(data_name)
+    )
+    augment = BatchAugment(preset_for(data_name))
+    return freeze_views(dataset, min(n, len(dataset)), augment, seed=seed)
+
+
+def checkpoint_hessian(
+    loaded: LoadedInput,
+    data_name: str,
+    root: str | os.PathLike[str] | None,
+    *,
+    n: int = 64,
+    k: int = 5,
+    n_probes: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Hessian summary (:func:`mitools.hessian.hessian_summary`) of the checkpoint's own training
+    loss, rebuilt from its config, on :func:`hessian_views`, over all encoder parameters
+    (backbone + projector), BatchNorm in eval mode. Stateful losses (EMA covariances) are put in
+    eval mode so that every Hessian-vector product sees the same function."""
+    from mitools.hessian import hessian_summary
+    from mitools.losses import LOSSES, build_loss
+
+    loss_cfg = loaded.config.get("loss") if isinstance(loaded.config, dict) else None
+    if not isinstance(loss_cfg, dict) or loss_cfg.get("name") not in LOSSES:
+        name = loss_cfg.get("name") if isinstance(loss_cfg, dict) else None
+        raise DiagnoseError(
+            f"{loaded.path}: --hessian needs the training loss in the checkpoint's config "
+            f"(found {name!r}; known: {', '.join(sorted(LOSSES))})"
+        )
+    loss = build_loss(loss_cfg["name"], **dict(loss_cfg.get("params") or {})).eval()
+    model = loaded.model
+    assert model is not None
+    model = model.double()
+    views = tuple(v.double() for v in hessian_views(data_name, root, n, seed))
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        _, z1 = net(batch[0])
+        _, z2 = net(batch[1])
+        return loss(z1, z2)
+
+    summary = hessian_summary(model, loss_fn, views, k=k, n_probes=n_probes, seed=seed)
+    return {"loss_name": loss_cfg["name"], "n_views": int(views[0].shape[0]), **summary}
 
 
 class DiagnoseError(ValueError):
@@ -426,7 +486,7 @@ def _run(args: argparse.Namespace) -> int:
     loaded = load_input(
         args.path, arch=args.arch, cifar_stem=args.cifar_stem, in_channels=in_channels
     )
-    if args.hessian:
+    if args.hessian and loaded.kind != "checkpoint":
         print(HESSIAN_MESSAGE, file=sys.stderr)
     meta: dict[str, Any] = {"input": str(loaded.path), "kind": loaded.kind, "notes": loaded.notes}
     if loaded.kind == "embeddings":
@@ -471,13 +531,15 @@ def _run(args: argparse.Namespace) -> int:
             device=device,
         )
         meta.update(data=data_name, root=str(root) if root else None, split=split)
+        if args.hessian and loaded.kind == "checkpoint":
+            meta["hessian"] = checkpoint_hessian(loaded, data_name, root, seed=args.seed)
     reports = diagnose(embeddings, second_view=loaded.second_view, seed=args.seed)
     for layer, r in reports.items():
         for w in r.warnings:
             print(f"warning: {layer}: {w}", file=sys.stderr)
     result = {
         **meta,
-        "hessian": HESSIAN_MESSAGE if args.hessian else None,
+        "hessian": meta.pop("hessian", HESSIAN_MESSAGE if args.hessian else None),
         "layers": {layer: r.to_dict(spectra=False) for layer, r in reports.items()},
     }
     if args.out is not None:
@@ -493,6 +555,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(f"{loaded.path} ({loaded.kind})")
         print(format_table(reports))
+        if isinstance(result["hessian"], dict):
+            h = result["hessian"]
+            top = ", ".join(f"{v:.4g}" for v in h["top_eigenvalues"])
+            print(
+                f"Hessian of the {h['loss_name']} loss ({h['n_params']} parameters, "
+                f"{h['n_views']} frozen view pairs): top eigenvalues {top}; "
+                f"min eigenvalue {h['min_eigenvalue']:.4g}; "
+                f"trace {h['trace']:.4g} +- {h['trace_std_error']:.2g}"
+            )
         if args.out is not None:
             print(f"wrote {args.out / 'report.json'} and spectrum plots")
     if args.fail_on == "collapse" and any(r.collapsed for r in reports.values()):

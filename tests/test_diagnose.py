@@ -245,7 +245,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_hessian_flag_message(tmp_path, capsys):
     np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((40, 4)))
     code, _, err = _run([tmp_path / "z.npy", "--hessian"], capsys)
-    assert code == EXIT_OK and "Hessian summary is not available" in err
+    assert code == EXIT_OK and "--hessian: needs a trainer checkpoint" in err
 
 
 # ----------------------------------------------------------------------------- real runs
