@@ -188,3 +188,18 @@ def test_last_terms_and_autocast_and_float32():
     sym(z1, z2)
     assert set(sym.last_terms) >= {"logdet_c", "logdet_c_plus_d", "logdet_c_minus_d"}
     assert isinstance(build_loss("emi", form="symmetric"), EMILoss)
+
+
+def test_fresh_ema_loss_loads_a_trained_state():
+    # Regression: the EMA covariance is an empty placeholder until the first step; a fresh loss
+    # must adopt the stored shape (resume) rather than fail on a size mismatch.
+    from mitools.losses import EMILoss
+
+    torch.manual_seed(0)
+    trained = EMILoss(covariance="ema", ema_momentum=0.9).train()
+    trained(torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 4, dtype=torch.float64))
+    fresh = EMILoss(covariance="ema", ema_momentum=0.9)
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh.ema_cov, trained.ema_cov)
+    z1, z2 = torch.randn(2, 64, 4, dtype=torch.float64)
+    torch.testing.assert_close(fresh.eval()(z1, z2), trained.eval()(z1, z2))

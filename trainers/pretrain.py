@@ -250,18 +250,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_loss_state(loss: nn.Module, state: dict[str, Tensor]) -> None:
-    """load_state_dict that first resizes buffers stored empty before the first step
-    (e.g. EMA covariances): a fresh loss has 0-element placeholders."""
-    own = dict(loss.named_buffers())
-    for key, value in state.items():
-        if key in own and own[key].shape != value.shape:
-            owner_name, _, attr = key.rpartition(".")
-            owner = loss.get_submodule(owner_name) if owner_name else loss
-            setattr(owner, attr, value.clone().to(own[key].device))
-    loss.load_state_dict(state)
-
-
 class _Metrics:
     """metrics.jsonl (+ TensorBoard when installed) on the main rank."""
 
@@ -496,7 +484,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         if target is not None and state.get("ema") is not None:
             target.load_state_dict(state["ema"])
         if state.get("loss_state"):
-            _load_loss_state(loss_fn, state["loss_state"])
+            loss_fn.load_state_dict(state["loss_state"])
         epoch, step = int(state["epoch"]), int(state["step"])
         batch_in_epoch = int(state.get("batch_in_epoch", 0))
         if ddp.world == int(state.get("world_size", 1)) and state.get("rng_per_rank"):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitools.losses._common import check_pair, detach_terms, maybe_gather
+from mitools.losses._common import LazyBuffersMixin, check_pair, detach_terms, maybe_gather
 
 __all__ = [
     "SimCLRLoss",
@@ -192,7 +192,7 @@ class BYOLLoss(nn.Module):
         return loss
 
 
-class CorInfoMaxLoss(nn.Module):
+class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
     """CorInfoMax (Ozsoy et al., NeurIPS 2022), following the official code
     (github.com/serdarozsoy/corinfomax-ssl, ``cifars-tiny/loss.py`` and ``pretrain_base.py``).
 

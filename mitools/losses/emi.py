@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from mitools.logdet import RunningScale, logdet_exact, logdet_taylor
-from mitools.losses._common import check_pair, detach_terms, maybe_gather
+from mitools.losses._common import LazyBuffersMixin, check_pair, detach_terms, maybe_gather
 
 __all__ = ["EMILoss", "joint_covariance", "second_order_mi", "min_batch_size"]
 
@@ -109,7 +109,7 @@ def _term_names(form: str) -> tuple[str, ...]:
     return ("c11", "c22", "joint") if form == "joint" else ("c", "c_plus_d", "c_minus_d")
 
 
-class EMILoss(nn.Module):
+class EMILoss(LazyBuffersMixin, nn.Module):
     """Negative second-order MI between two views: ``loss = -I(z1; z2)`` (see module docstring).
 
     Args:
