@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+
+from mitools.progress import progress
 
 __all__ = ["base_parser", "write_table", "progress"]
 
@@ -37,10 +38,3 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, meta: dict | N
         tmp_meta.write_text(json.dumps(meta, indent=2, default=str))
         os.replace(tmp_meta, meta_path)
     return path
-
-
-def progress(iterable, desc: str, total: int | None = None, disable: bool | None = None):
-    """tqdm progress bar; silenced when MITOOLS_NO_PROGRESS=1 (tests, notebooks in CI)."""
-    if disable is None:
-        disable = os.environ.get("MITOOLS_NO_PROGRESS") == "1"
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False)

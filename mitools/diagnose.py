@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mitools.progress import progress
 from mitools.spectrum import CollapseReport, CollapseThresholds, collapse_report
 
 __all__ = [
@@ -295,13 +296,6 @@ def load_input(
     return LoadedInput("state_dict", path, model=model, layers=("backbone",), notes=notes)
 
 
-def _progress(iterable: Any, desc: str, total: int | None) -> Any:
-    from tqdm.auto import tqdm
-
-    disable = os.environ.get("MITOOLS_NO_PROGRESS") == "1"
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False, file=sys.stderr)
-
-
 @torch.no_grad()
 def embed(
     model: nn.Module,
@@ -332,7 +326,7 @@ def embed(
     if "projector" in layers and projector is None:
         raise DiagnoseError("layer 'projector' requested but the model has no projector")
     out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-    for batch in _progress(loader, "embedding", total=len(loader)):
+    for batch in progress(loader, "embedding", total=len(loader)):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         h = backbone(x.to(device))
         if "backbone" in out:

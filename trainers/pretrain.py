@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mitools.progress import progress, progress_enabled
 from trainers.config import (
     Config,
     ConfigError,
@@ -394,7 +395,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         )
     local_batch = cfg.data.batch_size // ddp.world
     run_dir = resolve_run_dir(cfg)
-    show = cfg.train.progress and ddp.main and os.environ.get("MITOOLS_NO_PROGRESS") != "1"
+    show = cfg.train.progress and ddp.main and progress_enabled()
 
     # --- data: unaugmented tensors; two views made on the device (batch) or in workers
     dspec = get_spec(cfg.data.name)
@@ -534,9 +535,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             n_steps = steps_per_epoch - batch_in_epoch
             bar = None
             if show:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+                bar = progress(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
             t0, seen, sums = time.perf_counter(), 0, {}
             for i, (batch, _) in enumerate(loader):
                 if i >= n_steps:

@@ -1,0 +1,33 @@
+"""Progress bars for long work, one switch for all of them: ``MITOOLS_NO_PROGRESS=1`` silences
+every bar (tests, notebooks run in CI, batch jobs whose logs should stay readable)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["progress", "progress_enabled"]
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("MITOOLS_NO_PROGRESS") != "1"
+
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    desc: str = "",
+    total: int | None = None,
+    disable: bool | None = None,
+    **kwargs: Any,
+):
+    """A tqdm bar on stderr that does not linger (``leave=False``); off when disabled by the
+    environment switch or ``disable=True``."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        disable = not progress_enabled()
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, desc=desc, total=total, disable=disable, **kwargs)
