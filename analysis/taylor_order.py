@@ -419,22 +419,21 @@ def running_rows(
 
 
 def embeddings_from_trainer_checkpoint(
-    path: str | Path, samples: int = 2048, seed: int = 0
+    checkpoint: dict, samples: int = 2048, seed: int = 0
 ) -> list[torch.Tensor]:
-    """Two augmented views' projector embeddings from a ``trainers.pretrain`` checkpoint.
+    """Two augmented views' projector embeddings from a loaded ``trainers.pretrain`` checkpoint.
 
-    The encoder is rebuilt from the checkpoint alone (:func:`mitools.diagnose.load_input`); the
-    images are the first ``samples`` of the dataset's evaluation split named in the stored config
-    (digits by default), augmented twice by the dataset's preset (:class:`BatchAugment`, seeded).
+    The encoder is rebuilt from the checkpoint alone (its ``encoder_spec``); the images are the
+    first ``samples`` of the evaluation split of the dataset named in the stored config (digits by
+    default), augmented twice by the dataset's preset (:class:`BatchAugment`, seeded).
     """
     from mitools.data import build_dataset, get_spec
     from mitools.data.augment import BatchAugment, loader_transform, preset_for
-    from mitools.diagnose import load_input
+    from mitools.models import build_encoder_from_checkpoint_dict
 
-    loaded = load_input(path)
-    if loaded.kind != "checkpoint" or loaded.model is None:
-        raise ValueError(f"{path}: not a trainer checkpoint")
-    data_cfg = loaded.config.get("data", {}) if isinstance(loaded.config, dict) else {}
+    model = build_encoder_from_checkpoint_dict(checkpoint["encoder_spec"], checkpoint["model"])
+    config = checkpoint.get("config")
+    data_cfg = config.get("data", {}) if isinstance(config, dict) else {}
     name = data_cfg.get("name", "digits")
     dataset = build_dataset(
         name, data_cfg.get("root"), get_spec(name).eval_split, transform=loader_transform(name)
@@ -443,7 +442,6 @@ def embeddings_from_trainer_checkpoint(
     images = torch.stack([dataset[i][0] for i in range(n)])
     generator = torch.Generator().manual_seed(seed)
     x1, x2 = BatchAugment(preset_for(name))(images, generator)
-    model = loaded.model.eval()
     with torch.no_grad():
         return [model.projector(model.backbone(x)).to(F64) for x in (x1, x2)]
 
@@ -452,10 +450,11 @@ def load_embeddings(path: str | Path) -> list[torch.Tensor]:
     """One (N, d) view or two views from a .npy / .npz / .pt file (see module docstring), or two
     views embedded by a trainer checkpoint (.pt holding ``model`` and ``encoder_spec``)."""
     path = Path(path)
+    obj = None
     if path.suffix in (".pt", ".pth"):
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and "encoder_spec" in obj and "model" in obj:
-            return embeddings_from_trainer_checkpoint(path)
+            return embeddings_from_trainer_checkpoint(obj)
     if path.suffix == ".npy":
         arr = torch.from_numpy(np.load(path))
     elif path.suffix == ".npz":
@@ -466,7 +465,6 @@ def load_embeddings(path: str | Path) -> list[torch.Tensor]:
             else torch.from_numpy(data[data.files[0]])
         )
     elif path.suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict):
             if not {"z1", "z2"} <= set(obj):
                 raise ValueError(f"{path}: a dict must hold 'z1' and 'z2', found {sorted(obj)}")

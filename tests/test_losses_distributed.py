@@ -90,7 +90,7 @@ def _free_port() -> int:
 def distributed_results():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
-        return [torch.load(f"{tmp}/rank{r}.pt") for r in range(WORLD)]
+        return [torch.load(f"{tmp}/rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def test_gather_with_grad_semantics(distributed_results):

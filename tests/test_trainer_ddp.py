@@ -130,7 +130,10 @@ def test_two_gloo_processes_match_one_process_full_batch(tmp_path):
     assert max(float((no_gather[k] - truth[k]).abs().max()) for k in truth) > 1e-6
     # the real loop ran 2 steps on both ranks; rank 0 wrote a checkpoint with both RNG states
     for rank in range(world):
-        assert torch.load(tmp_path / f"summary{rank}.pt") == {"step": 2, "epoch": 1}
+        assert torch.load(tmp_path / f"summary{rank}.pt", weights_only=True) == {
+            "step": 2,
+            "epoch": 1,
+        }
     st = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert st["world_size"] == 2 and len(st["rng_per_rank"]) == 2
     assert "knn_top1" in (tmp_path / "run" / "metrics.jsonl").read_text()
