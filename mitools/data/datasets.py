@@ -167,7 +167,38 @@ def get_spec(name: str) -> DatasetSpec:
 # ----------------------------------------------------------------------------- dataset classes
 
 
-class ArrayImageDataset(Dataset):
+class _InMemoryImages(Dataset):
+    """Images held in memory with integer targets; subclasses say how one image is produced."""
+
+    def __init__(
+        self,
+        data: Any,
+        targets: Sequence[int] | np.ndarray,
+        classes: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.shape != (data.shape[0],):
+            raise ValueError(f"{data.shape[0]} images but targets of shape {targets.shape}")
+        self.data = data
+        self.targets = targets
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def _image(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = self._image(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+class ArrayImageDataset(_InMemoryImages):
     """In-memory uint8 images ``data`` of shape (N, H, W, 3); yields ``(PIL RGB image, int)``."""
 
     def __init__(
@@ -180,25 +211,13 @@ class ArrayImageDataset(Dataset):
         data = np.asarray(data)
         if data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
             raise ValueError(f"data must be uint8 (N, H, W, 3), got {data.dtype} {data.shape}")
-        targets = np.asarray(targets, dtype=np.int64)
-        if targets.shape != (data.shape[0],):
-            raise ValueError(f"{data.shape[0]} images but targets of shape {targets.shape}")
-        self.data = data
-        self.targets = targets
-        self.classes = list(classes)
-        self.transform = transform
+        super().__init__(data, targets, classes, transform)
 
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img: Any = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.targets[index])
+    def _image(self, index: int) -> Any:
+        return Image.fromarray(self.data[index])
 
 
-class TensorImageDataset(Dataset):
+class TensorImageDataset(_InMemoryImages):
     """In-memory float images (N, C, H, W) in [0, 1]; yields ``(float32 tensor (C, H, W), int)``."""
 
     def __init__(
@@ -212,22 +231,10 @@ class TensorImageDataset(Dataset):
             raise ValueError(
                 f"data must be a float (N, C, H, W) tensor, got {data.dtype} {data.shape}"
             )
-        targets = np.asarray(targets, dtype=np.int64)
-        if targets.shape != (data.shape[0],):
-            raise ValueError(f"{data.shape[0]} images but targets of shape {targets.shape}")
-        self.data = data
-        self.targets = targets
-        self.classes = list(classes)
-        self.transform = transform
+        super().__init__(data, targets, classes, transform)
 
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img: Any = self.data[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(self.targets[index])
+    def _image(self, index: int) -> Any:
+        return self.data[index]
 
 
 class FileImageDataset(Dataset):
