@@ -418,6 +418,13 @@ def running_rows(
     return rows
 
 
+def largest_geometric_order_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The order-sweep rows of the synthetic (geometric) spectra at the largest dimension: what the
+    figures plot."""
+    order = df[(df["study"] == "order") & (df["source"] == "geometric")]
+    return order[order["d"] == order["d"].max()]
+
+
 def embeddings_from_trainer_checkpoint(
     checkpoint: dict, samples: int = 2048, seed: int = 0
 ) -> list[torch.Tensor]:

@@ -30,9 +30,8 @@ def make(out_dir: Path, quick: bool, results_dir: Path) -> list[Path]:
 
 def plot(df: pd.DataFrame) -> plt.Figure:
     """Draw the figure from the ``taylor_order.csv`` table."""
-    order = df[(df["study"] == "order") & (df["source"] == "geometric")]
+    order = taylor_order.largest_geometric_order_rows(df)
     d = int(order["d"].max())
-    order = order[order["d"] == d]
     kappas = sorted(order["kappa"].unique())
     palette = dict(zip(RULE_ORDER, sns.color_palette("colorblind", len(RULE_ORDER)), strict=True))
     panels = [

@@ -36,9 +36,8 @@ def make(out_dir: Path, quick: bool, results_dir: Path) -> list[Path]:
 
 def plot(df: pd.DataFrame) -> plt.Figure:
     """Draw the figure from the ``taylor_order.csv`` table."""
-    order = df[(df["study"] == "order") & (df["source"] == "geometric")]
+    order = taylor_order.largest_geometric_order_rows(df)
     d = int(order["d"].max())
-    order = order[order["d"] == d]
     kappas = sorted(order["kappa"].unique())
     bd = df[df["study"] == "breakdown"]
     bd_kappas = sorted(bd["kappa"].unique())
