@@ -9,12 +9,18 @@ Protocol (stated, as every option here):
   ``encoder_spec`` (no config file needed), in eval mode (BN running statistics), on the probe
   splits of the dataset (``DatasetSpec.train_split`` / ``eval_split``) WITHOUT augmentation
   (``mitools.data.augment.eval_transform``: conversion + normalisation; ImageNet-100 resize 256 /
-  centre-crop 224). Features are computed once; no crop augmentation during probe training
-  (a documented simplification of the solo-learn protocol, which re-augments every epoch).
+  centre-crop 224). Default (``--protocol cached``): features are computed once, with no crop
+  augmentation during probe training (fast; a documented simplification of the solo-learn
+  protocol, which re-augments every epoch: that one is ``--protocol augmented``, below).
 * Linear probe: features standardised with the training-set mean/std, then multinomial logistic
   regression ``W h + b`` with L2 penalty ``weight_decay/2 ||W||^2`` trained full-batch with
   L-BFGS (``solver="lbfgs"``, default, deterministic) or mini-batch SGD momentum 0.9 with cosine
   lr (``solver="sgd"``). Top-1 accuracy on the evaluation split.
+* ``--protocol augmented``: the standard protocol (solo-learn, MoCo v3): the linear classifier is
+  trained with SGD (momentum 0.9, lr 0.1, cosine, 100 epochs) on features of freshly augmented
+  training images every epoch (random resized crop scale (0.08, 1) + flip;
+  :func:`mitools.data.augment.probe_train_transform`) and tested on the eval transform. Slower
+  (one backbone pass per epoch); see :func:`augmented_linear_probe`.
 * kNN (Wu et al. 2018 InstDisc; solo-learn): L2-normalised features, the k nearest training
   features by cosine similarity s, each votes for its class with weight ``exp(s / T)``;
   k = 200, T = 0.07 by default (k is capped at the number of training samples).
@@ -44,6 +50,7 @@ __all__ = [
     "knn_predict",
     "knn_accuracy",
     "linear_probe",
+    "augmented_linear_probe",
     "subsample_per_class",
     "evaluate_backbone",
     "main",
@@ -206,6 +213,96 @@ def linear_probe(
     return float((pred == test_y).double().mean() * 100.0)
 
 
+def augmented_linear_probe(
+    backbone: nn.Module,
+    train_dataset: Any,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    weight_decay: float = 0.0,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    num_classes: int | None = None,
+    num_workers: int = 0,
+    standardize: bool = True,
+    progress: bool = True,
+) -> float:
+    """Top-1 (%) of the standard linear protocol: the classifier sees fresh augmentations each epoch.
+
+    ``train_dataset`` must apply the random training transform (e.g.
+    :func:`mitools.data.augment.probe_train_transform`); ``test_x`` are eval-transform features.
+    Every epoch the frozen backbone (eval mode) embeds one fresh augmentation of every training
+    image, then ``W h + b`` takes mini-batch SGD steps (momentum 0.9, cosine lr from ``lr`` over
+    all steps, L2 ``weight_decay/2 ||W||^2``) over that epoch's features in random order: the same
+    distribution of (augmentation, step) pairs as interleaving embedding and steps. With
+    ``standardize`` the features are standardised with the mean/std of the first epoch's
+    (augmented) features. Randomness (augmentations, order) comes from ``seed``; the global RNG is
+    restored afterwards.
+    """
+    from torch.utils.data import DataLoader
+
+    from mitools.progress import progress as progress_bar
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(train_dataset, batch_size=512, shuffle=False, num_workers=num_workers)
+        w = b = opt = None
+        mean = std = None
+        total = it = 0
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            for _ in progress_bar(
+                range(epochs), desc="probe epochs", disable=None if progress else True
+            ):
+                with torch.no_grad():
+                    feats, labels = [], []
+                    for x, y in loader:
+                        feats.append(backbone(x.to(device)).double().cpu())
+                        labels.append(torch.as_tensor(y, dtype=torch.int64))
+                x_all, y_all = torch.cat(feats), torch.cat(labels)
+                keep = y_all >= 0
+                x_all, y_all = x_all[keep], y_all[keep]
+                if w is None:
+                    if standardize:
+                        mean, std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
+                    else:
+                        mean, std = torch.zeros(x_all.shape[1]), torch.ones(x_all.shape[1])
+                    mean, std = mean.double(), std.double()
+                    c = (
+                        int(max(y_all.max(), test_y.max())) + 1
+                        if num_classes is None
+                        else int(num_classes)
+                    )
+                    w = torch.zeros(x_all.shape[1], c, dtype=torch.float64, requires_grad=True)
+                    b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
+                    opt = torch.optim.SGD([w, b], lr=lr, momentum=0.9)
+                    total = epochs * max(1, math.ceil(x_all.shape[0] / batch_size))
+                x_all = (x_all - mean) / std
+                perm = torch.randperm(x_all.shape[0], generator=gen)
+                for start in range(0, x_all.shape[0], batch_size):
+                    sel = perm[start : start + batch_size]
+                    for g in opt.param_groups:
+                        g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+                    with torch.enable_grad():
+                        opt.zero_grad()
+                        loss = F.cross_entropy(x_all[sel] @ w + b, y_all[sel])
+                        (loss + 0.5 * weight_decay * (w * w).sum()).backward()
+                    opt.step()
+                    it += 1
+        finally:
+            backbone.train(was_training)
+    with torch.no_grad():
+        pred = (((test_x.double() - mean) / std) @ w + b).argmax(1)
+    return float((pred == test_y).double().mean() * 100.0)
+
+
 def subsample_per_class(labels: np.ndarray | Tensor, n_per_class: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n_per_class`` items of every class (random, ``default_rng(seed)``)."""
     y = np.asarray(labels)
@@ -245,11 +342,22 @@ def evaluate_backbone(
     linear: bool = True,
     knn: bool = True,
     num_workers: int = 0,
+    protocol: str = "cached",
+    epochs: int = 100,
+    lr: float = 0.1,
 ) -> ProbeResult:
-    """Probe a frozen backbone on dataset ``data`` (protocol in the module docstring)."""
-    from mitools.data.augment import eval_transform
+    """Probe a frozen backbone on dataset ``data`` (protocols in the module docstring).
+
+    ``protocol="cached"``: features computed once without augmentation, L-BFGS/SGD probe
+    (``solver``, ``steps``). ``"augmented"``: the standard protocol of
+    :func:`augmented_linear_probe` (fresh random crops every epoch; ``epochs``, ``lr``,
+    ``weight_decay``). kNN always uses the unaugmented features.
+    """
+    from mitools.data.augment import eval_transform, probe_train_transform
     from mitools.data.datasets import build_dataset, get_spec
 
+    if protocol not in ("cached", "augmented"):
+        raise ValueError(f"protocol must be 'cached' or 'augmented', got {protocol!r}")
     spec = get_spec(data)
     tf = eval_transform(data)
     train_ds = build_dataset(data, root, spec.train_split, transform=tf)
@@ -263,20 +371,33 @@ def evaluate_backbone(
     ev_x, ev_y = extract_features(backbone, eval_ds, max_samples=max_eval, **kw)
     keep = tr_y >= 0
     tr_x, tr_y = tr_x[keep], tr_y[keep]
-    lin = (
-        linear_probe(
+    lin = None
+    if linear and protocol == "cached":
+        lin = linear_probe(
             tr_x, tr_y, ev_x, ev_y, solver=solver, steps=steps, weight_decay=weight_decay,
             seed=seed, num_classes=spec.num_classes,
-        )
-        if linear
-        else None
-    )  # fmt: skip
+        )  # fmt: skip
+    elif linear:
+        from torch.utils.data import Subset
+
+        aug_ds = build_dataset(data, root, spec.train_split, transform=probe_train_transform(data))
+        if idx is not None:
+            aug_ds = Subset(aug_ds, [int(i) for i in idx])
+        elif max_train is not None and len(aug_ds) > max_train:
+            keep_idx = np.linspace(0, len(aug_ds) - 1, max_train).round().astype(np.int64)
+            aug_ds = Subset(aug_ds, [int(i) for i in keep_idx])
+        lin = augmented_linear_probe(
+            backbone, aug_ds, ev_x, ev_y, epochs=epochs, lr=lr, batch_size=min(256, len(aug_ds)),
+            weight_decay=weight_decay, device=device, seed=seed, num_classes=spec.num_classes,
+            num_workers=num_workers,
+        )  # fmt: skip
     kacc = (
         knn_accuracy(tr_x, tr_y, ev_x, ev_y, k=knn_k, temperature=knn_temperature) if knn else None
     )
     return ProbeResult(
         lin, kacc, int(tr_x.shape[0]), int(ev_x.shape[0]), int(tr_x.shape[1]), labels_per_class,
-        min(knn_k, int(tr_x.shape[0])), knn_temperature, solver,
+        min(knn_k, int(tr_x.shape[0])), knn_temperature,
+        solver if protocol == "cached" else "sgd-augmented",
     )  # fmt: skip
 
 
@@ -303,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="dataset name (default: the run's)")
     parser.add_argument("--root", default=None, help="dataset root (default: the run's)")
     parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument(
+        "--protocol", choices=("cached", "augmented"), default="cached",
+        help="cached: unaugmented features once, L-BFGS (fast); augmented: the standard protocol, "
+        "fresh random crops every epoch, SGD for --epochs",
+    )  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=100, help="augmented protocol: epochs")
+    parser.add_argument("--lr", type=float, default=0.1, help="augmented protocol: SGD lr")
     parser.add_argument("--solver", choices=("lbfgs", "sgd"), default="lbfgs")
     parser.add_argument("--steps", type=int, default=100, help="L-BFGS iterations / SGD epochs")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -331,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             backbone, data, root, labels_per_class=args.labels_per_class, knn_k=args.knn_k,
             knn_temperature=args.knn_temperature, solver=args.solver, steps=args.steps,
             weight_decay=args.weight_decay, batch_size=args.batch_size, device=args.device,
-            seed=args.seed, num_workers=args.num_workers,
+            seed=args.seed, num_workers=args.num_workers, protocol=args.protocol,
+            epochs=args.epochs, lr=args.lr,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from mitools.data.augment import (
     loader_transform,
     normalize,
     preset_for,
+    probe_train_transform,
     view_transform,
 )
 from mitools.data.datasets import (
@@ -45,6 +46,7 @@ __all__ = [
     "loader_transform",
     "normalize",
     "preset_for",
+    "probe_train_transform",
     "view_transform",
     "DATASET_SPECS",
     "DIGITS_SPLIT_SEED",

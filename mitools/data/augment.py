@@ -833,6 +833,32 @@ def eval_transform(dataset: str, *, normalize: bool = True) -> v2.Compose:
     return v2.Compose(ops)
 
 
+def probe_train_transform(dataset: str, *, normalize: bool = True) -> v2.Compose:
+    """Training transform of the standard (augmented) linear-probe protocol.
+
+    As solo-learn / MoCo v3 linear evaluation: random resized crop to the training size with scale
+    (0.08, 1) and a horizontal flip with p = 0.5, then conversion and normalisation; the
+    evaluation split uses :func:`eval_transform`. ``digits`` (8x8, not mirror-symmetric): crop
+    scale (0.5, 1) as its pre-training preset, no flip.
+    """
+    from mitools.data.datasets import get_spec
+
+    spec = get_spec(dataset)
+    ops: list[Callable] = [v2.ToImage()]
+    if dataset == "digits":
+        ops.append(v2.RandomResizedCrop(spec.image_size, scale=(0.5, 1.0), antialias=True))
+    else:
+        ops += [
+            v2.RandomResizedCrop(spec.image_size, scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(0.5),
+        ]
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        ops.append(v2.Normalize(list(spec.mean), list(spec.std)))
+    ops.append(v2.ToPureTensor())
+    return v2.Compose(ops)
+
+
 def loader_transform(dataset: str, *, base_size: int = 256) -> v2.Compose:
     """Per-image transform feeding :class:`BatchAugment`: a fixed-size unaugmented tensor.
 
