@@ -429,3 +429,148 @@ def test_jitter_escalates_for_massive_repeats():
     assert np.unique(xo).size == x.shape[0]
     dev = np.max(np.abs(xo - x))
     assert 1e-10 * x.std() < dev <= 10 * 1e-6 * x.std()  # Gaussian tail: a few amplitudes at most
+
+
+# --------------------------------------------------------------------------------------------
+# KD-tree kernels (numba) and the fallback path, against dense brute-force counts
+# --------------------------------------------------------------------------------------------
+
+
+def _kernel_inputs():
+    """(name, points) with exact distance ties and duplicated rows, in 1, 2, 5 and 10 dims."""
+    rng = np.random.default_rng(77)
+    out = []
+    for d in (1, 2, 5, 10):
+        a = rng.standard_normal((300, d))
+        out.append((f"gauss{d}", a))
+        out.append((f"rounded{d}", np.round(2 * a)))  # many ties, duplicated rows in low d
+        dup = a.copy()
+        dup[150:] = dup[:150]  # every row twice
+        out.append((f"dup{d}", dup))
+    return out
+
+
+KERNEL_INPUTS = _kernel_inputs()
+
+
+def _dense_maxnorm(a):
+    return np.abs(a[:, None, :] - a[None, :, :]).max(axis=2)
+
+
+@pytest.mark.parametrize("name,a", KERNEL_INPUTS, ids=[c[0] for c in KERNEL_INPUTS])
+def test_kernel_counts_match_dense(name, a):
+    kernels = pytest.importorskip("mitools.mi._ksg_count")
+    if kernels.numba is None:
+        pytest.skip("numba not installed")
+    dist = _dense_maxnorm(a)
+    n = a.shape[0]
+    rng = np.random.default_rng(5)
+    # radii equal to actual distances (ties on the boundary), between them, and 0
+    radii = [np.sort(dist, axis=1)[:, 6], dist[np.arange(n), rng.permutation(n)]]
+    radii.append(0.5 * radii[0] + 0.5 * radii[1])
+    radii.append(np.zeros(n))
+    for r in radii:
+        for strict in (True, False):
+            inside = dist < r[:, None] if strict else dist <= r[:, None]
+            expect = inside.sum(axis=1) - inside[np.arange(n), np.arange(n)]
+            for leaf_size in (1, 4, 16):  # deep trees exercise whole-node counting
+                got = kernels.count_within(a, r, strict, workers=2, leaf_size=leaf_size)
+                np.testing.assert_array_equal(got, expect, err_msg=f"{strict=} {leaf_size=}")
+
+
+@pytest.mark.parametrize("name,a", KERNEL_INPUTS, ids=[c[0] for c in KERNEL_INPUTS])
+def test_kernel_knn_matches_dense_order(name, a):
+    """k nearest neighbours in the order (distance, index), self excluded, with ties."""
+    kernels = pytest.importorskip("mitools.mi._ksg_count")
+    if kernels.numba is None:
+        pytest.skip("numba not installed")
+    dist = _dense_maxnorm(a)
+    n = a.shape[0]
+    np.fill_diagonal(dist, np.inf)
+    k = 5
+    order = np.lexsort((np.broadcast_to(np.arange(n), (n, n)), dist), axis=1)[:, :k]
+    for leaf_size in (1, 4, 16):
+        d_got, i_got = kernels.knn(a, k, workers=2, leaf_size=leaf_size)
+        np.testing.assert_array_equal(i_got, order, err_msg=f"{leaf_size=}")
+        np.testing.assert_array_equal(d_got, np.take_along_axis(dist, order, axis=1))
+
+
+def _wide_datasets():
+    rng = np.random.default_rng(321)
+    n = 250
+    out = []
+    for dx, dy in [(5, 5), (1, 5)]:
+        x, y, _ = _correlated_gaussian(n, dx, dy, 0.6, seed=dx * dy)
+        out.append((f"gauss{dx}+{dy}", x, y))
+        out.append((f"rounded{dx}+{dy}", np.round(x), np.round(y)))
+        xp = np.stack([rng.permutation(n) for _ in range(dx)], axis=1).astype(float)
+        yp = np.stack([rng.permutation(n) for _ in range(dy)], axis=1).astype(float)
+        out.append((f"int-perm{dx}+{dy}", xp, yp))
+    return out
+
+
+WIDE_DATASETS = _wide_datasets()
+# the default (numba) path on DATASETS is covered by test_ksg_matches_bruteforce_exactly
+PATH_CASES = [(True, *d) for d in WIDE_DATASETS] + [(False, *d) for d in DATASETS + WIDE_DATASETS]
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+@pytest.mark.parametrize(
+    "fast,name,x,y",
+    PATH_CASES,
+    ids=[("numba-" if c[0] else "fallback-") + c[1] for c in PATH_CASES],
+)
+def test_kdtree_paths_match_bruteforce(fast, name, x, y, variant, monkeypatch):
+    """Both the numba kernels and the scipy/scikit-learn fallback reproduce the brute force."""
+    from mitools.mi import _ksg_count
+
+    if fast and not _ksg_count.AVAILABLE:
+        pytest.skip("numba not installed or disabled")
+    monkeypatch.setattr(_ksg_count, "AVAILABLE", fast)
+    k = 4
+    xa, ya, _ = _check_ksg_args(x, y, k, variant, "jitter", 0)
+    nx, ny, eps, eps_x, eps_y = _ksg_bruteforce_parts(xa, ya, k, variant)
+    res = ksg_mi_result(x, y, k, variant, workers=2)
+    np.testing.assert_array_equal(res.nx, nx)
+    np.testing.assert_array_equal(res.ny, ny)
+    np.testing.assert_array_equal(res.eps, eps)
+    if variant == 2:
+        np.testing.assert_array_equal(res.eps_x, eps_x)
+        np.testing.assert_array_equal(res.eps_y, eps_y)
+    assert abs(res.mi - ksg_mi_bruteforce(x, y, k, variant)) <= 1e-12
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_kdtree_paths_agree_at_larger_n(variant, monkeypatch):
+    """n = 4000, 5+5 dims: numba (1 and 2 threads) and fallback give identical counts and eps;
+    the brute force is checked on a subset of points (its rows are independent)."""
+    from mitools.mi import _ksg_count
+
+    if not _ksg_count.AVAILABLE:
+        pytest.skip("numba not installed or disabled")
+    x, y, _ = _correlated_gaussian(4000, 5, 5, 0.6, seed=11)
+    fast1 = ksg_mi_result(x, y, 5, variant, workers=1)
+    fast2 = ksg_mi_result(x, y, 5, variant, workers=2)
+    monkeypatch.setattr(_ksg_count, "AVAILABLE", False)
+    slow = ksg_mi_result(x, y, 5, variant, workers=2)
+    for res in (fast2, slow):
+        for field in ("nx", "ny", "eps", "eps_x", "eps_y"):
+            np.testing.assert_array_equal(getattr(res, field), getattr(fast1, field))
+        assert res.mi == fast1.mi
+    # brute force for 200 rows, written out here (max norm, (distance, index) order)
+    z = np.hstack([x, y])
+    for i in np.random.default_rng(0).choice(4000, 200, replace=False):
+        dx = np.abs(x - x[i]).max(axis=1)
+        dy = np.abs(y - y[i]).max(axis=1)
+        dz = np.maximum(dx, dy)
+        dz[i] = np.inf
+        knn = np.argsort(dz, kind="stable")[:5]
+        assert fast1.eps[i] == dz[knn[-1]]
+        assert np.abs(z[knn] - z[i]).max() == dz[knn[-1]]
+        if variant == 1:
+            ex, ey, strict = dz[knn[-1]], dz[knn[-1]], True
+        else:
+            ex, ey, strict = dx[knn].max(), dy[knn].max(), False
+        dx[i] = dy[i] = np.inf
+        assert fast1.nx[i] == np.count_nonzero(dx < ex if strict else dx <= ex)
+        assert fast1.ny[i] == np.count_nonzero(dy < ey if strict else dy <= ey)

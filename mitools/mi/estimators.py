@@ -369,10 +369,27 @@ def _count_1d(v: np.ndarray, r: np.ndarray, strict: bool) -> np.ndarray:
     return hi - lo - 1
 
 
+def _kernels():
+    """The optional numba kernels (:mod:`mitools.mi._ksg_count`), or None where numba is missing
+    or disabled (environment variable ``MITOOLS_NO_NUMBA=1``). Imported lazily: numba is slow
+    to import."""
+    from mitools.mi import _ksg_count
+
+    return _ksg_count if _ksg_count.AVAILABLE else None
+
+
 def _count_within(a: np.ndarray, r: np.ndarray, strict: bool, workers: int) -> np.ndarray:
     """#{j != i : ||a_j - a_i||_max < r_i} (or <=), exact."""
     if a.shape[1] == 1:
         return _count_1d(a[:, 0], r, strict)
+    kernels = _kernels()
+    if kernels is not None:
+        return kernels.count_within(a, r, strict, workers)
+    return _count_within_sklearn(a, r, strict, workers)
+
+
+def _count_within_sklearn(a: np.ndarray, r: np.ndarray, strict: bool, workers: int) -> np.ndarray:
+    """Fallback of :func:`_count_within` without numba (about 5x slower at n = 1e5, 5-D)."""
     # scikit-learn's KD-tree adds whole nodes that lie inside the ball (count_only) and is
     # about 2x faster here than cKDTree.query_ball_point(return_length=True). Its Chebyshev
     # distance is max |a - b| and its test is "<= r": for "< r" use the next float below r.
@@ -404,25 +421,39 @@ def _lexicographic_knn(z: np.ndarray, i: int, cand: np.ndarray, k: int) -> np.nd
     return cand[np.argsort(d, kind="stable")[:k]]
 
 
-def _ksg_kdtree_parts(xa, ya, k, variant, workers):
-    n = xa.shape[0]
-    w = _n_workers(workers)
-    z = np.hstack([xa, ya])
+def _joint_knn(z: np.ndarray, k: int, workers: int, neighbours: bool):
+    """Max-norm distance eps_i from z_i to its k-th neighbour (self excluded) and, if
+    ``neighbours``, the k neighbours (n, k) in the order (distance, index), else None.
+    numba KD-tree (:mod:`mitools.mi._ksg_count`) where available, else scipy's cKDTree."""
+    kernels = _kernels()
+    if kernels is not None:
+        dist, idx = kernels.knn(z, k, workers)
+        return dist[:, k - 1], idx
+    n = z.shape[0]
     tree = cKDTree(z, leafsize=16)
-    kq = min(k + 2, n) if variant == 2 else k + 1
-    dist, idx = tree.query(z, k=kq, p=np.inf, workers=w)
+    kq = min(k + 2, n) if neighbours else k + 1
+    dist, idx = tree.query(z, k=kq, p=np.inf, workers=workers)
     # no duplicate rows (break_ties), so column 0 is the point itself at distance 0
     eps = dist[:, k]
-    if variant == 1:
-        nx = _count_within(xa, eps, True, w)
-        ny = _count_within(ya, eps, True, w)
-        return nx, ny, eps, None, None
+    if not neighbours:
+        return eps, None
     knn = idx[:, 1 : k + 1].copy()
     if kq > k + 1:
         tied = np.flatnonzero(dist[:, k + 1] == dist[:, k])
         for i in tied:  # the k-th distance is shared with a point beyond k: apply the tie rule
             cand = np.asarray(tree.query_ball_point(z[i], eps[i], p=np.inf), dtype=np.intp)
             knn[i] = _lexicographic_knn(z, i, cand, k)
+    return eps, knn
+
+
+def _ksg_kdtree_parts(xa, ya, k, variant, workers):
+    w = _n_workers(workers)
+    z = np.hstack([xa, ya])
+    eps, knn = _joint_knn(z, k, w, neighbours=variant == 2)
+    if variant == 1:
+        nx = _count_within(xa, eps, True, w)
+        ny = _count_within(ya, eps, True, w)
+        return nx, ny, eps, None, None
     eps_x = np.abs(xa[knn] - xa[:, None, :]).max(axis=(1, 2))
     eps_y = np.abs(ya[knn] - ya[:, None, :]).max(axis=(1, 2))
     nx = _count_within(xa, eps_x, False, w)
@@ -548,11 +579,14 @@ def ksg_mi(
       nx_i = #{j != i : ||x_j - x_i|| <= eps_x,i}, ny_i likewise.
 
     x: (n,) or (n, dx); y: (n,) or (n, dy). ``ties``/``seed``: tie policy (module doc).
-    ``backend="kdtree"``: scipy cKDTree k-NN query in Z, then exact marginal counts (sort and
-    binary search for 1-D marginals, scikit-learn KD-tree count queries otherwise), ``workers``
-    threads (-1: all cores). ``backend="torch"``: chunked dense max-norm distances on ``device``
-    (CPU or CUDA) in float64, memory about ``chunk_bytes``. Both give the same counts as
-    :func:`ksg_mi_bruteforce`, hence the same estimate. The estimator is not scale invariant:
+    ``backend="kdtree"``: KD-tree k-NN query in Z, then exact marginal counts (sort and binary
+    search for 1-D marginals, KD-tree count queries otherwise), ``workers`` threads (-1: all
+    cores). The trees are numba kernels (:mod:`mitools.mi._ksg_count`) when numba is installed
+    (5x less CPU time at n = 1e5, 5+5 dims), else scipy's cKDTree and scikit-learn's KDTree;
+    ``MITOOLS_NO_NUMBA=1`` in the environment (read at first use) forces the latter.
+    ``backend="torch"``: chunked dense max-norm distances on ``device`` (CPU or CUDA) in float64,
+    memory about ``chunk_bytes``. All paths give the same counts as :func:`ksg_mi_bruteforce`,
+    hence the same estimate. The estimator is not scale invariant:
     standardise columns first if their units differ.
     """
     return ksg_mi_result(
