@@ -3,18 +3,22 @@
 For every objective and chosen epoch: top-k and most negative eigenvalues (Lanczos), trace
 (Hutch++ with its standard error) and the SLQ spectral density, each of the loss of ONE frozen
 batch of augmented digits view pairs (the same pairs for every objective and epoch), BN in eval
-mode (running statistics). Two sources of checkpoints:
+mode (running statistics). The checkpoints are trainer runs (``trainers/pretrain.py``:
+``epoch_XXXX.pt`` with ``model``, ``encoder_spec``, ``config``):
 
-- ``runs``: ``{objective: run folder}`` written by ``trainers/pretrain.py`` (``epoch_XXXX.pt``
-  checkpoints with ``model``, ``encoder_spec``; every checkpoint found is analysed); training
-  loss per epoch from the ``"kind": "epoch"`` lines of ``metrics.jsonl`` that carry ``"loss"``
-  (NaN otherwise). The objective name picks the loss (default config, :data:`LOSS_CONFIG`).
-- default (no ``runs``): tiny digits models trained here per objective with a plain Adam loop
-  (``mitools.models`` / ``losses`` / ``data``), a state dict saved per epoch under
-  ``out/hessian_compare_ckpt/``. The trainer was not usable when this driver was written.
+- default: the digits runs of :mod:`analysis.digits_runs` (made once under ``out / "runs"`` and
+  reused: the collapse driver and the figures read the same folders), objectives
+  :data:`OBJECTIVES` (quick: :data:`QUICK_OBJECTIVES`), epochs :func:`default_epochs` (quick: the
+  first and the last; full: 1, 5, 10, 20, 30, ... and the last);
+- ``runs={name: run folder}`` (CLI ``--runs name=folder``): any trainer runs (e.g. CIFAR); every
+  ``epoch_XXXX.pt`` found is analysed unless ``epochs`` is given.
 
-The Hessian is of ``loss(z1, z2)`` (projections; predictor outputs if the spec has a predictor)
-without any momentum target, for the loss module in eval mode (no EMA / running-state updates).
+The loss is the checkpoint's own training loss (``config["loss"]``: name and params); a checkpoint
+without a config falls back to the objective name with :data:`LOSS_CONFIG`. The Hessian is of
+``loss(z1, z2)`` (projections; predictor outputs if the spec has a predictor) without any momentum
+target, for the loss module in eval mode (no EMA / running-state updates). ``train_loss`` is the
+trainer's mean training loss of that epoch (``mean_loss`` of the ``"kind": "epoch"`` line of
+``metrics.jsonl``; NaN when absent).
 
     python -m analysis.hessian_compare --quick
     python -m analysis.hessian_compare --runs emi=runs/digits_emi mio=runs/digits_mio
@@ -31,28 +35,56 @@ from typing import Any
 import pandas as pd
 import torch
 
+from analysis import digits_runs
 from analysis._common import base_parser, progress, write_table
 from mitools.data import BatchAugment, build_dataset, get_preset
 from mitools.hessian import HessianOperator, freeze_views, spectral_density, top_eigenvalues, trace
-from mitools.losses import build_loss
+from mitools.losses import LOSSES, build_loss
 from mitools.models import EncoderSpec, SSLModel
 
-__all__ = ["run", "main", "OBJECTIVES", "NAME", "DENSITY_NAME"]
+__all__ = [
+    "run",
+    "main",
+    "default_epochs",
+    "OBJECTIVES",
+    "QUICK_OBJECTIVES",
+    "NAME",
+    "DENSITY_NAME",
+]
 
 NAME = "hessian_compare"
 DENSITY_NAME = "hessian_density"
 OBJECTIVES = ("emi", "mio", "simclr", "barlow_twins", "vicreg")
+# EMI and MIO next to their nearest baselines: Barlow Twins (second-order statistics of the
+# cross-view covariance) and SimCLR (contrastive over all pairs).
+QUICK_OBJECTIVES = ("emi", "mio", "simclr", "barlow_twins")
+FULL_EPOCH_MARKS = (1, 5, 10, 20, 30, 50, 100, 200)
 LOSS_CONFIG: dict[str, dict[str, Any]] = {"emi": {"ridge": 1e-4}}
 
 
 def _sizes(quick: bool) -> dict[str, Any]:
+    """Hessian settings: frozen view pairs, Lanczos k / iterations, Hutch++ probes, SLQ runs x
+    steps. Quick: seconds per checkpoint of the quick digits model (18.4k parameters); full:
+    minutes per checkpoint of the full one."""
     if quick:
-        return dict(widths=[4, 8], proj=[8], epochs=2, eval_epochs=[0, 1, 2], views=48,
-                    k=2, n_probes=12, runs=1, steps=10, batch=128, max_iter=16,
-                    objectives=OBJECTIVES[:4])  # fmt: skip
-    return dict(widths=[16, 32, 32], proj=[32, 16], epochs=20, eval_epochs=[0, 1, 2, 5, 10, 20],
-                views=512, k=5, n_probes=99, runs=4, steps=80, batch=256, max_iter=200,
+        return dict(views=48, k=2, n_probes=12, runs=1, steps=10, max_iter=16,
+                    objectives=QUICK_OBJECTIVES)  # fmt: skip
+    # Full digits CNN (118k parameters): one Hessian-vector product on 256 view pairs measured
+    # 1.4 s on one thread of a busy 2-core machine (2.8 s on 512 pairs), so about 250 products
+    # (100 Lanczos + 48 Hutch++ + 2 x 50 SLQ) per checkpoint.
+    return dict(views=256, k=5, n_probes=48, runs=2, steps=50, max_iter=100,
                 objectives=OBJECTIVES)  # fmt: skip
+
+
+def default_epochs(available: list[int] | tuple[int, ...], quick: bool) -> list[int]:
+    """The epochs analysed by default among the ``available`` checkpoints: quick, the first and
+    the last; full, those in :data:`FULL_EPOCH_MARKS` and the last."""
+    available = sorted(set(available))
+    if not available:
+        return []
+    if quick:
+        return sorted({available[0], available[-1]})
+    return sorted({e for e in available if e in FULL_EPOCH_MARKS} | {available[-1]})
 
 
 @functools.lru_cache(maxsize=2)
@@ -62,6 +94,8 @@ def _digits_images(split: str = "train") -> torch.Tensor:
 
 
 def _loss_closure(name: str, cfg: dict[str, Any] | None = None):
+    """``loss_fn(model, (x1, x2))`` for :class:`HessianOperator`: the loss ``name`` with params
+    ``cfg`` (default :data:`LOSS_CONFIG`), in eval mode."""
     loss = build_loss(name, **(cfg if cfg is not None else LOSS_CONFIG.get(name, {}))).eval()
 
     def loss_fn(model: SSLModel, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -73,60 +107,38 @@ def _loss_closure(name: str, cfg: dict[str, Any] | None = None):
     return loss_fn
 
 
-def quick_train(
-    objective: str, sizes: dict[str, Any], ckpt_dir: Path, seed: int
-) -> tuple[list[Path], list[float]]:
-    """Train a tiny digits model with Adam; save the state dict at epochs 0..E; return the paths
-    and the mean training loss per epoch (NaN for epoch 0)."""
-    torch.manual_seed(seed)
-    spec = EncoderSpec(arch="small_cnn", in_channels=1, widths=sizes["widths"],
-                       projector_dims=sizes["proj"], projector_bn=False, projector_last_bn=False)  # fmt: skip
-    model = SSLModel(spec)
-    images = _digits_images()
-    augment = BatchAugment(get_preset("digits"))
-    train_loss = build_loss(objective, **LOSS_CONFIG.get(objective, {}))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed + 1)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    paths, losses = [], [float("nan")]
-
-    def save(epoch: int) -> None:
-        path = ckpt_dir / f"{objective}_epoch_{epoch:04d}.pt"
-        torch.save(
-            {"model": model.state_dict(), "encoder_spec": spec.to_dict(), "epoch": epoch}, path
+def _checkpoint_loss(objective: str, state: dict[str, Any]):
+    """The checkpoint's own training loss (its config), else the objective name's defaults."""
+    loss_cfg = (state.get("config") or {}).get("loss")
+    if isinstance(loss_cfg, dict) and loss_cfg.get("name") in LOSSES:
+        return _loss_closure(loss_cfg["name"], dict(loss_cfg.get("params") or {}))
+    if objective not in LOSSES:
+        raise ValueError(
+            f"{objective}: the checkpoint has no loss in its config and {objective!r} is not a "
+            f"loss name (known: {', '.join(LOSSES)})"
         )
-        paths.append(path)
-
-    save(0)
-    for epoch in range(1, sizes["epochs"] + 1):
-        model.train()
-        perm = torch.randperm(len(images), generator=g)
-        total, count = 0.0, 0
-        for i in range(0, len(perm) - sizes["batch"] + 1, sizes["batch"]):
-            x1, x2 = augment(images[perm[i : i + sizes["batch"]]], generator=g)
-            loss = train_loss(model(x1)[1], model(x2)[1])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()), count + 1
-        losses.append(total / max(count, 1))
-        save(epoch)
-    return paths, losses
+    return _loss_closure(objective)
 
 
-def _run_checkpoints(path: Path) -> tuple[None, dict[int, Path], dict[int, float]]:
+def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, float]]:
+    """``{epoch: epoch_XXXX.pt}`` of a trainer run folder and ``{epoch: mean training loss}``."""
     ckpts = {
-        int(m.group(1)): p for p in path.glob("epoch_*.pt") if (m := re.search(r"(\d+)", p.stem))
+        int(m.group(1)): p
+        for p in Path(path).glob("epoch_*.pt")
+        if (m := re.fullmatch(r"epoch_(\d+)", p.stem))
     }
-    name = None
     losses: dict[int, float] = {}
-    metrics = path / "metrics.jsonl"
+    metrics = Path(path) / "metrics.jsonl"
     if metrics.exists():
         for line in metrics.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("kind") == "epoch" and "loss" in rec:
-                losses[int(rec["epoch"])] = float(rec["loss"])
-    return name, ckpts, losses
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            value = rec.get("mean_loss", rec.get("loss"))
+            if rec.get("kind") == "epoch" and value is not None:
+                losses[int(rec["epoch"])] = float(value)
+    return ckpts, losses
 
 
 def _load_model(path: Path) -> tuple[SSLModel, dict[str, Any]]:
@@ -145,9 +157,16 @@ def _analyse(model: SSLModel, loss_fn, views, sizes: dict[str, Any], seed: int):
                           return_eigenvectors=False)  # fmt: skip
     tr = trace(op, "hutch++", sizes["n_probes"], seed=seed)
     dens = spectral_density(op, runs=sizes["runs"], steps=sizes["steps"], seed=seed)
-    row = {"n_params": op.n_params, "loss_at_views": op.loss, "min_eigenvalue": eig.smallest[0],
-           "trace": tr.estimate, "trace_se": tr.std_error, "lanczos_iterations": eig.iterations,
-           "lanczos_converged": eig.converged, "max_residual": float(eig.residual_norms.max())}  # fmt: skip
+    row = {
+        "n_params": op.n_params,
+        "loss_at_views": op.loss,
+        "min_eigenvalue": eig.smallest[0],
+        "trace": tr.estimate,
+        "trace_se": tr.std_error,
+        "lanczos_iterations": eig.iterations,
+        "lanczos_converged": eig.converged,
+        "max_residual": float(eig.residual_norms.max()),
+    }
     row.update({f"top{i + 1}": float(v) for i, v in enumerate(eig.largest)})
     return row, dens
 
@@ -159,36 +178,79 @@ def run(
     runs: dict[str, str | Path] | None = None,
     objectives: tuple[str, ...] | None = None,
     returns: str = "summary",
+    epochs: tuple[int, ...] | None = None,
+    run_root: Path | None = None,
+    threads: int | None = 1,
 ) -> pd.DataFrame:
     """Write ``hessian_compare.csv`` (one row per objective x epoch) and ``hessian_density.csv``
-    (objective, epoch, x, density); return the one named by ``returns`` ("summary"/"density")."""
+    (objective, epoch, x, density); return the one named by ``returns`` ("summary"/"density").
+
+    ``runs``: ``{name: trainer run folder}``; None: the digits runs of ``objectives`` made or
+    reused by :func:`analysis.digits_runs.ensure_runs` under ``run_root`` (default
+    ``out / "runs"``). ``epochs``: the epochs to analyse (each must have a checkpoint); None:
+    :func:`default_epochs` for the digits runs, every checkpoint for ``runs``.
+    ``threads``: torch CPU threads for training and the Hessians, restored after (None: leave
+    as is). On a busy 2-core machine the quick Hessian of one checkpoint (18.4k parameters)
+    measured 3-5 s on one thread and 20-70 s on two, hence the default 1.
+    """
+    with digits_runs.torch_threads(threads):
+        return _run(quick, out, seed, runs, objectives, returns, epochs, run_root)
+
+
+def _run(
+    quick: bool,
+    out: Path,
+    seed: int,
+    runs: dict[str, str | Path] | None,
+    objectives: tuple[str, ...] | None,
+    returns: str,
+    epochs: tuple[int, ...] | None,
+    run_root: Path | None,
+) -> pd.DataFrame:
+    if returns not in ("summary", "density"):
+        raise ValueError(f"returns must be 'summary' or 'density', got {returns!r}")
     sizes = _sizes(quick)
     out = Path(out)
-    objectives = tuple(objectives or (runs.keys() if runs else sizes["objectives"]))
-    views = freeze_views(_digits_images(), sizes["views"], BatchAugment(get_preset("digits")), seed)
-    jobs: list[tuple[str, int, Path, float]] = []
     if runs:
-        for name, folder in runs.items():
-            _, ckpts, losses = _run_checkpoints(Path(folder))
-            if not ckpts:
-                raise ValueError(f"no epoch_*.pt checkpoints in {folder}")
-            for ep in sorted(ckpts):
-                jobs.append((name, ep, ckpts[ep], losses.get(ep, float("nan"))))
+        folders = {name: Path(folder) for name, folder in runs.items()}
+        if objectives:
+            unknown = [name for name in objectives if name not in folders]
+            if unknown:
+                raise ValueError(f"objectives {unknown} not among the runs {list(folders)}")
+            folders = {name: folders[name] for name in objectives}
     else:
-        for name in progress(objectives, desc="train"):
-            paths, losses = quick_train(name, sizes, out / f"{NAME}_ckpt", seed)
-            jobs += [(name, ep, paths[ep], losses[ep]) for ep in sizes["eval_epochs"]]
+        objectives = tuple(objectives or sizes["objectives"])
+        root = Path(run_root) if run_root is not None else out / "runs"
+        folders = digits_runs.ensure_runs(objectives, root, quick=quick, seed=seed, threads=None)
+    jobs: list[tuple[str, int, Path, float]] = []
+    for name, folder in folders.items():
+        ckpts, losses = _run_checkpoints(folder)
+        if not ckpts:
+            raise ValueError(f"no epoch_*.pt checkpoints in {folder}")
+        if epochs is not None:
+            chosen = sorted(set(epochs))
+            missing = [e for e in chosen if e not in ckpts]
+            if missing:
+                raise ValueError(
+                    f"{name}: no checkpoint for epoch(s) {missing} in {folder} "
+                    f"(available: {sorted(ckpts)})"
+                )
+        else:
+            chosen = sorted(ckpts) if runs else default_epochs(list(ckpts), quick)
+        jobs += [(name, ep, ckpts[ep], losses.get(ep, float("nan"))) for ep in chosen]
+    views = freeze_views(_digits_images(), sizes["views"], BatchAugment(get_preset("digits")), seed)
     rows, dens_rows = [], []
     for name, ep, path, train_loss in progress(jobs, desc="hessian"):
-        model, _ = _load_model(path)
-        row, dens = _analyse(model, _loss_closure(name), views, sizes, seed)
+        model, state = _load_model(path)
+        row, dens = _analyse(model, _checkpoint_loss(name, state), views, sizes, seed)
         rows.append({"objective": name, "epoch": ep, "train_loss": train_loss, **row})
         dens_rows += [{"objective": name, "epoch": ep, "x": x, "density": d}
                       for x, d in zip(dens.grid, dens.density, strict=True)]  # fmt: skip
     df = pd.DataFrame(rows)
     dens_df = pd.DataFrame(dens_rows)
-    meta = {"quick": quick, "seed": seed, "sizes": sizes, "objectives": list(objectives),
-            "source": "runs" if runs else "in-process Adam training", "bn_mode": "eval",
+    meta = {"quick": quick, "seed": seed, "sizes": sizes, "objectives": list(folders),
+            "runs": {k: str(v) for k, v in folders.items()},
+            "source": "runs" if runs else "analysis.digits_runs", "bn_mode": "eval",
             "views": "freeze_views(digits train, n, BatchAugment(digits), seed)"}  # fmt: skip
     write_table(df, out, NAME, meta)
     write_table(dens_df, out, DENSITY_NAME, meta)
@@ -199,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=None, help="NAME=RUN_DIR (trainer folders)")
     parser.add_argument("--objectives", nargs="*", default=None)
+    parser.add_argument(
+        "--epochs", nargs="*", type=int, default=None, help="epochs to analyse (default: see doc)"
+    )
     args = parser.parse_args(argv)
     runs = None
     if args.runs:
@@ -209,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             k, v = item.split("=", 1)
             runs[k] = v
     df = run(args.quick, Path(args.out), args.seed, runs=runs,
-             objectives=tuple(args.objectives) if args.objectives else None)  # fmt: skip
+             objectives=tuple(args.objectives) if args.objectives else None,
+             epochs=tuple(args.epochs) if args.epochs else None)  # fmt: skip
     with pd.option_context("display.width", 160):
         print(df[["objective", "epoch", "train_loss", "top1", "min_eigenvalue", "trace"]])
     return 0

@@ -253,8 +253,9 @@ def test_hessian_flag_message(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_digits_runs_alignment_flagged_emi_mio_healthy(tmp_path, capsys):
-    """Trainer runs of equal length (analysis.collapse quick: 3 epochs, 33 steps each)."""
+    """Trainer runs of equal length (analysis.collapse quick: the quick digits runs)."""
     from analysis.collapse import run
+    from analysis.digits_runs import run_dir_for
 
     df = run(quick=True, out=tmp_path / "results", run_root=tmp_path / "runs")
     final = df[df.epoch == df.epoch.max()].set_index("objective")
@@ -264,8 +265,9 @@ def test_real_digits_runs_alignment_flagged_emi_mio_healthy(tmp_path, capsys):
     assert (tmp_path / "results" / "collapse.csv").is_file()
     assert (tmp_path / "results" / "collapse_spectra.csv").is_file()
     # The CLI on the trainer's own checkpoint agrees, and --fail-on turns it into exit 1.
-    ckpt = tmp_path / "runs" / "alignment" / "last.pt"
+    ckpt = run_dir_for("alignment", tmp_path / "runs", quick=True) / "last.pt"
     code, _, err = _run([ckpt, "--fail-on", "collapse"], capsys)
     assert code == EXIT_COLLAPSE, err
-    code, _, err = _run([tmp_path / "runs" / "emi" / "last.pt", "--fail-on", "collapse"], capsys)
+    emi = run_dir_for("emi", tmp_path / "runs", quick=True) / "last.pt"
+    code, _, err = _run([emi, "--fail-on", "collapse"], capsys)
     assert code == EXIT_OK, err
