@@ -271,13 +271,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 # split (359 images), averaged over LABEL_SEEDS label subsets. The random baseline is the run's
 # own initial encoder (same seed, same architecture). Standardising matters: without it a random
 # encoder's eval-mode BN (running stats 1/0 at init) gives tiny features and a constant loss
-# "improves" the probe by ~20 points just by recalibrating BN statistics (see the report).
-# Measured (mean over the 5 label subsets; trained - random, points): 3 epochs seed 0: EMI +2.2,
-# MIO +2.8, constant +0.5; 6 epochs: EMI +3.4 / +1.8 (seeds 0 / 1), MIO +1.6 (seed 1), constant
-# -1.5 (seed 1). Hence a 1-point margin: every SSL run cleared it, no constant run did.
+# "improves" the probe by ~20 points just by recalibrating BN statistics.
+# The runs are the digits configs as shipped (30 epochs, batch 128: 330 steps). Measured (seed 0,
+# mean over the 5 label subsets): random init 89.5 %, EMI 94.9 % (+5.5), MIO 95.0 % (+5.5); raw
+# pixels give 88.0 %. Earlier settings for the record: batch 256 / EMI projector 64 / crop scale
+# (0.5, 1): EMI 93.0 %, MIO 93.2 %.
 LABEL_SEEDS = (0, 1, 2, 3, 4)
-SSL_EPOCHS = 3  # 15 steps of 256 images on the 32-64-128 small CNN
-MARGIN = 1.0  # points; the 5 points of the issue are not reachable with this (fair) probe
+MARGIN = 5.0  # points, as the issue asks
 
 
 def _probe_mean(backbone) -> float:
@@ -293,7 +293,7 @@ def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tup
 
     cfg = load_config(
         CONFIGS / config,
-        [f"train.epochs={SSL_EPOCHS}", "eval.every_epochs=0", "train.log_every_steps=0",
+        ["eval.every_epochs=0", "train.log_every_steps=0",
          "train.progress=false", "train.checkpoint_every_epochs=0", f"train.run_dir={run_dir}",
          *(extra or [])],
     )  # fmt: skip

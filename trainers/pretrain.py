@@ -311,6 +311,25 @@ def ssl_loss(
 # ----------------------------------------------------------------------------- monitoring
 
 
+def _materialise_small(dataset, max_samples: int, max_bytes: int = 1 << 28):
+    """The evaluated items (those :func:`extract_features` picks) as one in-memory tensor dataset
+    when they fit in ``max_bytes``: the online evaluation then skips the per-image eval transform
+    every epoch (it was 60-70 % of the evaluation time on digits). Same items, same order."""
+    from torch.utils.data import TensorDataset
+
+    n = len(dataset)
+    idx = range(n)
+    if max_samples is not None and n > max_samples:
+        idx = np.linspace(0, n - 1, max_samples).round().astype(np.int64).tolist()
+    first = torch.as_tensor(dataset[idx[0]][0])
+    if len(idx) * first.numel() * first.element_size() > max_bytes:
+        return dataset
+    items = [dataset[i] for i in idx]
+    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
+    return TensorDataset(images, labels)
+
+
 @torch.no_grad()
 def online_eval(cfg, model, probe_sets, device) -> dict[str, float]:
     """Cheap, detached monitoring: kNN / linear probe on backbone features, spectrum of z."""
@@ -421,9 +440,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         from mitools.data.augment import eval_transform
 
         tf = eval_transform(cfg.data.name)
-        probe_sets = (
-            build_dataset(cfg.data.name, cfg.data.root, dspec.train_split, transform=tf),
-            build_dataset(cfg.data.name, cfg.data.root, dspec.eval_split, transform=tf),
+        probe_sets = tuple(
+            _materialise_small(
+                build_dataset(cfg.data.name, cfg.data.root, split, transform=tf),
+                cfg.eval.max_samples,
+            )
+            for split in (dspec.train_split, dspec.eval_split)
         )
 
     # --- model (same init on every rank), DDP wrapper, EMA target, loss, optimiser, schedule

