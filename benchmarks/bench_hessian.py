@@ -1,19 +1,25 @@
 """Hessian spectra, mitools.hessian vs PyHessian 0.1, same model, batch and iteration counts.
 
-    python -m benchmarks.bench_hessian [--quick] [--threads 1] [--configs ...] [--out results/bench]
+    python -m benchmarks.bench_hessian [--quick] [--threads 1] [--configs ...] [--repeats 3]
+        [--quantities top1 trace density] [--engines auto] [--out results/bench]
 
-Small CNNs (``small_cnn`` widths 4-8 with batch 64, 1.2k params; widths 8-16-32 with batch 128,
-7.5k params; projector 32-16 without BN) on one frozen batch of augmented digits view pairs,
-SimCLR loss, float32, CPU. Timed (median of ``--repeats``, each
-including operator / PyHessian construction, i.e. the first forward + backward):
+Small CNNs (``small_cnn``; projector 32-16 without BN) on one frozen batch of augmented digits
+view pairs, SimCLR loss, float32, CPU: widths 4-8 with batch 64 (1.2k params), widths 8-16-32 with
+batch 128 (7.5k params), and (opt-in, slow: ``--configs cnn_16_32_64_b128``) widths 16-32-64 with
+batch 128 (29k params). Timed, each including operator / PyHessian construction (the first
+forward + backward):
 
 - top-1 eigenvalue with 20 products: our Lanczos (max_iter=20; +1 product for the true
   residual) vs PyHessian's power iteration (maxIter=20, tol=-inf);
-- trace with 64 probes: our Hutchinson through ``matmat`` (one vmap'd jvp-of-grad pass over all
-  64 probes) vs PyHessian's 64 sequential double-backward products;
+- trace with 64 probes: our Hutchinson through ``matmat`` (one batched ``torch.func`` pass over
+  the 64 probes; ``--engines`` picks the operator's ``hvp`` engine(s), e.g. ``vjp func`` to
+  compare them in one run) vs PyHessian's 64 sequential double-backward products;
 - density with 64 Lanczos steps, one run: ours vs PyHessian's (with the torch.eig shim).
 
-Prints ratios = PyHessian time / our time (> 1: ours faster) and writes bench_hessian.csv.
+Ours and PyHessian's are timed alternately (ours, theirs, ours, theirs, ...) so that load drift on
+a shared machine hits both alike; ``speedup`` is the median over repeats of the paired ratio
+PyHessian time / our time (> 1: ours faster), ``speedup_min`` / ``speedup_max`` its spread.
+Writes bench_hessian.csv.
 """
 
 from __future__ import annotations
@@ -42,7 +48,13 @@ from mitools.hessian import (
 from mitools.losses import build_loss
 from mitools.models import EncoderSpec, SSLModel
 
-CONFIGS = {"cnn_4_8_b64": ([4, 8], 64), "cnn_8_16_32_b128": ([8, 16, 32], 128)}
+CONFIGS = {
+    "cnn_4_8_b64": ([4, 8], 64),
+    "cnn_8_16_32_b128": ([8, 16, 32], 128),
+    "cnn_16_32_64_b128": ([16, 32, 64], 128),
+}
+DEFAULT_CONFIGS = ["cnn_4_8_b64", "cnn_8_16_32_b128"]
+QUANTITIES = ("top1", "trace", "density")
 
 
 def setup(batch: int, widths: list[int] = (8, 16, 32), seed: int = 0):
@@ -71,57 +83,86 @@ def _images(ds) -> torch.Tensor:
     return torch.stack(xs).float()
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+def _timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
 
 
 def run(
-    config: str, repeats: int = 3, iters: int = 20, probes: int = 64, steps: int = 64
+    config: str,
+    repeats: int = 3,
+    iters: int = 20,
+    probes: int = 64,
+    steps: int = 64,
+    quantities: tuple[str, ...] = QUANTITIES,
+    engines: tuple[str, ...] = ("auto",),
 ) -> pd.DataFrame:
+    """One row per (quantity, engine); ``engines`` (HessianOperator ``hvp``) apply to the trace,
+    top-1 and density always use the default ``auto`` (single-vector products)."""
     widths, batch = CONFIGS[config]
     model, fn, b = setup(batch, widths)
     n = sum(p.numel() for p in model.parameters())
-    cases = {
-        "top1": (
-            lambda: top_eigenvalues(
+
+    def ours_of(name: str, engine: str):
+        if name == "top1":
+            return lambda: top_eigenvalues(
                 HessianOperator(model, fn, b), k=1, tol=1e-30, max_iter=iters
-            ).eigenvalues[0],
-            lambda: pyhessian_top_eigenvalues(
-                model, fn, b, k=1, max_iter=iters, tol=-math.inf
-            ).eigenvalues[0],
-        ),
-        "trace": (
-            lambda: trace(HessianOperator(model, fn, b), "hutchinson", probes, seed=0).estimate,
-            lambda: pyhessian_trace(model, fn, b, n_probes=probes, seed=0).estimate,
-        ),
-        "density": (
-            lambda: spectral_density(HessianOperator(model, fn, b), runs=1, steps=steps).moment(2),
-            lambda: pyhessian_density(model, fn, b, steps=steps, runs=1).moment(2),
-        ),
+            ).eigenvalues[0]
+        if name == "trace":
+            return lambda: (
+                trace(
+                    HessianOperator(model, fn, b, hvp=engine), "hutchinson", probes, seed=0
+                ).estimate
+            )
+        return lambda: spectral_density(HessianOperator(model, fn, b), runs=1, steps=steps).moment(
+            2
+        )
+
+    theirs = {
+        "top1": lambda: pyhessian_top_eigenvalues(
+            model, fn, b, k=1, max_iter=iters, tol=-math.inf
+        ).eigenvalues[0],
+        "trace": lambda: pyhessian_trace(model, fn, b, n_probes=probes, seed=0).estimate,
+        "density": lambda: pyhessian_density(model, fn, b, steps=steps, runs=1).moment(2),
     }
     rows = []
-    for name, (ours, theirs) in cases.items():
-        ours()  # warm-up (torch.func tracing caches, allocator)
-        t_o, v_o = _time(ours, repeats)
-        t_p, v_p = _time(theirs, repeats)
-        rows.append(
-            {
-                "config": config,
-                "quantity": name,
-                "n_params": n,
-                "batch": batch,
-                "ours_s": t_o,
-                "pyhessian_s": t_p,
-                "speedup": t_p / t_o,
-                "ours_value": float(v_o),
-                "pyhessian_value": float(v_p),
-            }
-        )
+    for name in quantities:
+        engs = engines if name == "trace" else ("auto",)
+        ours = {e: ours_of(name, e) for e in engs}
+        for f in ours.values():
+            f()  # warm-up (torch.func tracing caches, allocator)
+        t_ours: dict[str, list[float]] = {e: [] for e in engs}
+        t_theirs: list[float] = []
+        ratios: dict[str, list[float]] = {e: [] for e in engs}
+        v_o: dict[str, object] = {}
+        v_p = None
+        for _ in range(repeats):
+            for e in engs:
+                t, v_o[e] = _timed(ours[e])
+                t_ours[e].append(t)
+            t_p, v_p = _timed(theirs[name])
+            t_theirs.append(t_p)
+            for e in engs:
+                ratios[e].append(t_p / t_ours[e][-1])
+        for e in engs:
+            rows.append(
+                {
+                    "config": config,
+                    "quantity": name,
+                    "engine": e,
+                    "n_params": n,
+                    "batch": batch,
+                    "ours_s": statistics.median(t_ours[e]),
+                    "pyhessian_s": statistics.median(t_theirs),
+                    "speedup": statistics.median(ratios[e]),
+                    "speedup_min": min(ratios[e]),
+                    "speedup_max": max(ratios[e]),
+                    "repeats": repeats,
+                    "ours_value": float(v_o[e]),
+                    "pyhessian_value": float(v_p),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -129,18 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quantities", nargs="+", default=list(QUANTITIES), choices=QUANTITIES)
+    parser.add_argument(
+        "--engines", nargs="+", default=["auto"], choices=["auto", "vjp", "func", "graph"]
+    )
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     configs = args.configs[:1] if args.quick else args.configs
-    df = pd.concat([run(c, repeats=1 if args.quick else args.repeats) for c in configs])
+    repeats = 1 if args.quick else args.repeats
+    df = pd.concat(
+        [
+            run(c, repeats=repeats, quantities=tuple(args.quantities), engines=tuple(args.engines))
+            for c in configs
+        ]
+    )
     with pd.option_context("display.width", 160, "display.precision", 4):
         print(df.to_string(index=False))
     for r in df.itertuples():
-        print(f"{r.config} {r.quantity}: PyHessian / ours = {r.speedup:.2f}x")
+        print(
+            f"{r.config} {r.quantity} [{r.engine}]: PyHessian / ours = {r.speedup:.2f}x "
+            f"(median of {r.repeats} paired runs; range {r.speedup_min:.2f}-{r.speedup_max:.2f})"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "bench_hessian.csv", index=False)

@@ -16,13 +16,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 __all__ = ["HessianOperator", "per_layer_operators", "bn_context", "select_parameters"]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 _BN_MODES = ("eval", "train")
-_HVP_MODES = ("auto", "func", "graph")
+_HVP_MODES = ("auto", "vjp", "func", "graph")
+# vmap chunk for chunk_size=None: the vjp engine evaluates its saved graph per chunk (no
+# recomputation), and 32 probes per chunk measured fastest on CPU CNNs (benchmarks/bench_hessian.py);
+# the func engine recomputes the primal forward + backward per chunk, so it goes all at once.
+_DEFAULT_CHUNK = {"vjp": 32, "func": None}
 
 
 @contextmanager
@@ -139,15 +143,28 @@ class HessianOperator:
         params: block selection, see :func:`select_parameters`.
         bn_mode: ``"eval"`` or ``"train"``, see :func:`bn_context`; applied around every forward,
             the model's mode and buffers are restored afterwards.
-        hvp: ``"graph"``: build the gradient graph once per batch (``create_graph``) and
-            double-backward through it per vector (PyHessian's scheme); ``"func"``:
-            ``torch.func`` forward-over-reverse ``jvp(grad(L))`` with ``vmap`` over the vectors of
-            :meth:`matmat` (one batched pass for many probes); ``"auto"`` (default): ``graph`` for
-            single vectors and blocks under ``func_min_block`` columns (the vmap pass has a fixed
-            cost of a few plain products), ``func`` for larger blocks, falling back to ``graph``
-            (with a warning) if the closure is not ``torch.func``-compatible.
-        chunk_size: ``vmap`` chunk size for :meth:`matmat` (bounds memory); None = all at once.
-        func_min_block: smallest :meth:`matmat` block sent through ``func`` under ``"auto"``.
+        hvp: how :meth:`matvec` / :meth:`matmat` evaluate ``H v``. ``"graph"``: build the
+            gradient graph once per batch (``create_graph``) and double-backward through it per
+            vector (PyHessian's scheme). ``"vjp"``: ``torch.func`` reverse-over-reverse: one
+            forward + backward of the primal per :meth:`matmat` call, saved as
+            ``vjp(grad(L))``, whose pull-back is ``vmap``'d over the vectors (chunks of
+            ``chunk_size``); it computes ``J_g^T v`` like ``graph`` (``g = grad L``). ``"func"``:
+            ``torch.func`` forward-over-reverse ``jvp(grad(L))`` with ``vmap`` over the vectors
+            (``J_g v``; the primal forward + backward is recomputed per chunk). ``"auto"``
+            (default): ``graph`` for single vectors and blocks under ``func_min_block`` columns
+            (the batched pass has a fixed cost of a few plain products), ``vjp`` for larger blocks,
+            falling back to ``graph`` (with a warning) if the closure is not
+            ``torch.func``-compatible. Speed vs memory: ``vjp`` holds the primal's saved tensors
+            plus one chunk of batched intermediates (about ``chunk_size`` times the activations
+            of one double backward); ``func`` holds one chunk of batched forward-over-reverse
+            intermediates; ``graph`` holds one double-backward's worth. All engines do the same
+            arithmetic (batching saves per-call overhead, not FLOPs) and agree to rounding. On
+            small CPU CNNs ``vjp`` with 32-probe chunks was the fastest block engine; its gain over
+            ``graph`` shrinks as the model becomes compute-bound (about 2.2x at 1.2k parameters,
+            1.4x at 7.5k, parity at 26k on one CPU thread; see benchmarks/bench_hessian.py).
+        chunk_size: ``vmap`` chunk size for :meth:`matmat` under ``vjp`` / ``func`` (bounds
+            memory); None = the engine's default (32 for ``vjp``, all at once for ``func``).
+        func_min_block: smallest :meth:`matmat` block sent through ``vjp`` under ``"auto"``.
 
     Vectors are flat tensors of the operator's ``dtype`` and ``device`` (those of the first
     selected parameter). ``op @ v`` dispatches to :meth:`matvec` (1-D) or :meth:`matmat` (2-D,
@@ -173,6 +190,10 @@ class HessianOperator:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {bn_mode!r}")
         if hvp not in _HVP_MODES:
             raise ValueError(f"hvp must be one of {_HVP_MODES}, got {hvp!r}")
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.model = model
         self.loss_fn = loss_fn
         self.bn_mode = bn_mode
@@ -193,6 +214,7 @@ class HessianOperator:
         self.n_matvecs = 0
         self._wrapper = _LossModule(model, loss_fn)
         self._func_ok = hvp != "graph"
+        self._block_engine = "func" if hvp == "func" else "vjp"
         self._graph: tuple[list[Tensor], list[int]] | None = None
         first = batch if loader is None else next(iter(loader), None)
         if first is None:
@@ -279,6 +301,8 @@ class HessianOperator:
         return [r if r is not None else o for r, o in zip(res, out, strict=False)]
 
     def _func_hvp(self, batch: Any, parts: list[Tensor]) -> list[Tensor]:
+        """``H v`` for the stacked vectors ``parts`` through ``torch.func`` (engine ``vjp`` or
+        ``func``), ``vmap``'d in chunks."""
         keys = [f"model.{n}" for n in self.param_names]
         wrapper = self._wrapper
 
@@ -289,18 +313,27 @@ class HessianOperator:
 
         primals = tuple(p.detach() for p in self.params)
         g = grad(loss_of)
-
-        def one(tangent: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            return jvp(g, (primals,), (tangent,))[1]
-
+        engine = self._block_engine
+        chunk = self.chunk_size if self.chunk_size is not None else _DEFAULT_CHUNK[engine]
         with bn_context(self.model, self.bn_mode):
-            out = vmap(one, chunk_size=self.chunk_size)(tuple(parts))
+            if engine == "vjp":
+                # the primal forward + backward runs once here; vmap only replays its pull-back
+                _, pull_back = vjp(g, primals)
+
+                def one(cotangent: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                    return pull_back(cotangent)[0]
+            else:
+
+                def one(tangent: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                    return jvp(g, (primals,), (tangent,))[1]
+
+            out = vmap(one, chunk_size=chunk)(tuple(parts))
         return list(out)
 
     def _apply(self, parts: list[Tensor], m: int) -> list[Tensor]:
         """H applied to ``m`` stacked vectors given per parameter as (m, *shape)."""
         use_func = self._func_ok and (
-            self.hvp == "func" or m >= self.func_min_block or (self.averaged and m > 1)
+            self.hvp in ("func", "vjp") or m >= self.func_min_block or (self.averaged and m > 1)
         )
         acc: list[Tensor] | None = None
         n_batches = 0
@@ -312,7 +345,7 @@ class HessianOperator:
                 except ValueError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any torch.func limitation
-                    if self.hvp == "func":
+                    if self.hvp in ("func", "vjp"):
                         raise
                     warnings.warn(
                         f"torch.func HVP failed ({type(exc).__name__}: {exc}); falling back to "
@@ -358,7 +391,9 @@ class HessianOperator:
         return self._check_out(out)
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``H V`` for an (n, m) block of column vectors, evaluated in one batched pass (func)."""
+        """``H V`` for an (n, m) block of column vectors; blocks of ``func_min_block`` or more
+        columns (or any block, under ``hvp="vjp"`` / ``"func"``) go through one batched
+        ``torch.func`` pass, ``vmap``'d in chunks of ``chunk_size``."""
         V = self._check_vectors(V, 2)
         m = V.shape[1]
         if m == 0:
