@@ -244,6 +244,17 @@ def test_resume_is_exact_after_epoch_and_after_sigterm(tmp_path, monkeypatch):
     assert (ref / "config.yaml").is_file()
 
 
+def test_online_monitoring_does_not_change_training(tmp_path):
+    # The evaluation's loaders draw from the global RNG that the augmentations use; evaluating
+    # every epoch must still give the weights of a run that never evaluates.
+    train(tiny_cfg(tmp_path / "quiet", ["eval.every_epochs=0"]))
+    train(tiny_cfg(tmp_path / "monitored", ["eval.every_epochs=1", "eval.max_samples=200"]))
+    _assert_same(_final_model(tmp_path / "quiet" / "last.pt"),
+                 _final_model(tmp_path / "monitored" / "last.pt"))  # fmt: skip
+    lines = (tmp_path / "monitored" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"knn_top1"' in line for line in lines) == 3  # it did evaluate every epoch
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "nan"
     calls = {"n": 0}

@@ -642,7 +642,11 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                    "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                    **{f"mean_{k}": v / n_done for k, v in sums.items()}}  # fmt: skip
             if probe_sets is not None and epoch % cfg.eval.every_epochs == 0:
-                rec.update(online_eval(cfg, model, probe_sets, device))
+                # Monitoring must not change training: its loaders draw from the global RNG,
+                # which the augmentations also use, so it runs on a forked stream.
+                rng_devices = [device.index or 0] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=rng_devices):
+                    rec.update(online_eval(cfg, model, probe_sets, device))
             if ddp.main:
                 metrics.log(rec, step)
                 summary["epoch_metrics"].append(rec)
