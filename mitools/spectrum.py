@@ -41,21 +41,38 @@ Alignment and uniformity (Wang & Isola 2020), on L2-normalised rows u_i, v_i:
     complete collapse (-2t only in the limit of antipodal pairs).
 
 Streaming (:class:`CovarianceAccumulator`, alias :class:`StreamingSpectrum`)
-    Accumulates, in float64, n, the column sums and the Gram (d x d) of Z, and the per-dimension
-    sums and squares of the L2-normalised rows, batch by batch (around a fixed shift, against
-    cancellation; the Gram update is a BLAS syrk, half the flops of a matrix product). Everything
-    above follows exactly from these: the eigenvalues of ``G = Z'Z`` are the squared singular
-    values sigma_k^2 of the uncentred Z (so RankMe, which needs sigma_k = sqrt(eig_k(G)), and the
-    "squared" convention are both exact in exact arithmetic), the centred scatter is
-    ``G - n mu mu'`` and the normalised std comes from the normalised sums. Only the rounding
-    differs from an SVD of Z: the Gram squares the condition number, so sigma_k^2 is resolved to
-    ~max(n, d) * eps_64 * sigma_max^2 absolute (singular values below ~1e-6 sigma_max are not
-    resolved); Gram eigenvalues under ``max(n, d) * eps_64 * lambda_max`` (numpy's matrix_rank
-    rule applied to sigma^2) are set to exactly 0, which makes rank-deficient (collapsed) Z come
-    out right. :func:`numerical_rank`'s default rtol = 1e-4 is far above that floor. The tests
-    check streamed against SVD spectra to that floor, and RankMe to 1e-9 relative.
-    :func:`collapse_report` uses the same path, so in-memory and streaming reports agree to
-    rounding.
+    Accumulates n, the column sums and the Gram (d x d) of Z, and the per-dimension sums and
+    squares of the L2-normalised rows, batch by batch, around a fixed shift against
+    cancellation; all sums are float64. Everything above follows exactly from these: the
+    eigenvalues of ``G = Z'Z`` are the squared singular values sigma_k^2 of the uncentred Z (so
+    RankMe, which needs sigma_k = sqrt(eig_k(G)), and the "squared" convention are both exact in
+    exact arithmetic), the centred scatter is ``C = S - s s' / n``, ``G = C + n mu mu'``, and
+    the normalised std comes from the normalised sums. Both spectra come from ONE Householder
+    tridiagonalisation (:func:`eigvalsh_rank_one_pair`: G is a rank-one update of C) instead of
+    two dense eigendecompositions.
+
+    Precision of the Gram products (``precision=``, default ``"auto"``): ``"float64"`` (BLAS
+    dsyrk) or ``"float32"`` (ssyrk over chunks of <= 4096 rows, each chunk's Gram added to the
+    float64 sum; about 2x faster); ``"auto"`` uses float32 when the embeddings are float32 (or
+    narrower: what a model returns) and float64 for float64 / integer input, so float64 callers
+    keep float64 numerics. Only the rounding differs from an SVD of Z: the Gram squares the
+    condition number, so sigma_k^2 is resolved to ~max(n, d) * eps_64 * sigma_max^2 absolute in
+    float64 (singular values below ~1e-6 sigma_max are not resolved); Gram eigenvalues under
+    ``max(n, d) * eps_64 * lambda_max`` (numpy's matrix_rank rule applied to sigma^2) are set to
+    exactly 0, which makes rank-deficient (collapsed) Z come out right. Float32 products move
+    the eigenvalues by at most 0.31 eps_32 ||S|| (measured on flat, power-law alpha 0.5/1/2,
+    rank-8 and mean >> spread spectra at 4000 x 512 and 25,600 x 2048; ||S|| the norm of the
+    shifted scatter, ~ lambda_max of the centred one), so in float32 mode eigenvalues below
+    ``4 eps_32 ||S||`` (~5e-7 ||S||: singular values below ~7e-4 of the centred sigma_max) are
+    also set to 0. Measured against the float64 SVD of the same float32 numbers
+    (tests/test_spectrum.py): RankMe within 3e-6 relative (1e-4 asserted), participation ratio
+    and alpha-ReQ within 2e-7, numerical rank exact; float64 mode on float64 data: RankMe
+    within 3e-9 (1e-6 asserted). Rank-deficient float32 data differ by ~3e-6 in either mode:
+    the float32 rounding of the data adds singular values ~1e-8 sigma_max that the SVD sees and
+    the Gram floor removes. A spectrum whose singular values between 1e-4 and ~7e-4 of
+    sigma_max matter (numerical rank at the default rtol, alpha-ReQ tails beyond
+    lambda_max / 2e6) needs ``precision="float64"``. :func:`collapse_report` uses the same path,
+    so in-memory and streaming reports agree to rounding.
 
 Verdict (:func:`collapse_report`, thresholds in :class:`CollapseThresholds`, all overridable)
     ``complete_collapse`` if normalised std < 0.1 / sqrt(d) (SimSiam: ~1/sqrt(d) healthy, 0
@@ -71,8 +88,9 @@ Verdict (:func:`collapse_report`, thresholds in :class:`CollapseThresholds`, all
     large mean, which dominates the uncentred RankMe (digits EMI / MIO backbones: 0.21-0.22 of
     d = 128), so judge the projector or pass other thresholds for backbones.
 
-All functions accept numpy arrays or torch tensors (any device; computed in float64), check that
-Z is 2-D, finite and has n >= 2 rows, and return Python floats / numpy arrays.
+All functions accept numpy arrays or torch tensors (any device; computed in float64 except the
+Gram products of the streamed report and of :func:`uniformity` in float32 mode, see above), check
+that Z is 2-D, finite and has n >= 2 rows, and return Python floats / numpy arrays.
 """
 
 from __future__ import annotations
@@ -99,6 +117,7 @@ __all__ = [
     "collapse_report",
     "effective_rank",
     "effective_rank_from_singular_values",
+    "eigvalsh_rank_one_pair",
     "embedding_spectrum",
     "normalized_std",
     "numerical_rank",
@@ -107,6 +126,7 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
+Precision = Literal["auto", "float32", "float64"]
 
 
 def _as_float64(z: ArrayLike, name: str = "z") -> torch.Tensor:
@@ -356,25 +376,39 @@ def alignment(z1: ArrayLike, z2: ArrayLike, alpha: float = 2.0) -> float:
 
 
 def uniformity(
-    z: ArrayLike, t: float = 2.0, *, max_samples: int | None = 2048, seed: int = 0
+    z: ArrayLike,
+    t: float = 2.0,
+    *,
+    max_samples: int | None = 2048,
+    seed: int = 0,
+    precision: Precision = "float64",
 ) -> float:
     """Wang & Isola uniformity ``log mean_{i<j} exp(-t ||u_i - u_j||^2)`` of L2-normalised rows.
 
     O(n^2 d): above ``max_samples`` rows a uniform random subset (``seed``) is used; None uses
     every row. The sum over pairs is shifted by the smallest distance (a log-sum-exp), so large
-    t does not underflow.
+    t does not underflow. ``precision``: dtype of the row Gram ``u_i . u_j`` (the O(n^2 d) part;
+    the rest is float64); ``"auto"`` uses float32 for float32 (or narrower) input. Float32 moves
+    each ``||u_i - u_j||^2`` by ~sqrt(d) eps_32, so the uniformity by ~t sqrt(d) eps_32
+    absolute (< 1e-5 for d <= 2048, t = 2).
     """
     if t <= 0:
         raise ValueError(f"t must be > 0, got {t}")
+    if precision not in ("auto", "float32", "float64"):
+        raise ValueError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}")
     n = _rows(z)
     if max_samples is not None and n > max_samples:
         # Subsample before the float64 copy: the full matrix may be large.
         g = torch.Generator().manual_seed(int(seed))
         keep = torch.randperm(n, generator=g)[:max_samples].sort().values
         z = z[keep.to(z.device)] if isinstance(z, torch.Tensor) else np.asarray(z)[keep.numpy()]
-    u = _l2_normalize_rows(_as_float64(z))
+    if _rows(z) < 2:
+        raise ValueError(f"z needs at least 2 samples (rows), got shape {tuple(np.shape(z))}")
+    x = _as_real_tensor(z, "z")
+    work = _working_dtype(precision, x.dtype)
+    u = _l2_normalize_rows(x.to(work))
     n = u.shape[0]
-    gram = u @ u.T
+    gram = (u @ u.T).to(torch.float64)
     sq_norm = gram.diagonal().clone()
     d2 = (sq_norm[:, None] + sq_norm[None, :] - 2.0 * gram).clamp_min_(0.0)
     d2.fill_diagonal_(math.inf)  # exp(-inf) = 0: the diagonal drops out of the sum
@@ -388,56 +422,106 @@ def uniformity(
 # ----------------------------------------------------------------------------- streaming
 
 
+# Float32 Gram rounding: the eigenvalues of the float32-accumulated scatter move by up to about
+# 0.25 eps_32 ||S|| (measured, rank-8 to full-rank spectra, 4000 x 512 to 25,600 x 2048, module
+# docstring); eigenvalues below this multiple of eps_32 ||S|| are treated as rounding (set to 0).
+_FLOAT32_FLOOR = 4.0
+# Rows per float32 syrk call: each call's Gram is added to the float64 accumulator, so rounding
+# accumulates in float32 over at most this many rows.
+_FLOAT32_CHUNK_ROWS = 4096
+
+
 class CovarianceAccumulator:
-    """Float64 sufficient statistics of Z, batch by batch; only d x d is held.
+    """Sufficient statistics of Z, batch by batch; only d x d is held (float64 sums).
 
     ``update(batch)`` adds rows. The sums are taken around a fixed shift c (the first batch's
-    mean; c_u for the L2-normalised rows): n, ``sum(z - c)``, ``S = sum (z - c)(z - c)'`` and the
-    per-dimension sums / squares of ``u - c_u``. Then the uncentred Gram is
-    ``Z'Z = S + c s' + s c' + n c c'`` (s = sum(z - c)), the centred scatter is ``S - s s' / n``
-    and the normalised variances follow likewise; the shift avoids the cancellation of
-    ``Z'Z - n mu mu'`` when the mean is large against the spread (constant rows give exactly 0).
-    The spectrum, RankMe (both conventions), participation ratio, numerical rank, alpha-ReQ and
-    normalised std from these equal the in-memory ones up to rounding (module docstring).
+    mean, rounded to the working precision; c_u for the L2-normalised rows): n, ``s = sum(z - c)``,
+    ``S = sum (z - c)(z - c)'`` and the per-dimension sums / squares of ``u - c_u``. Then the
+    centred scatter is ``C = S - s s' / n`` and the uncentred Gram ``Z'Z = C + n mu mu'``
+    (mu = c + s / n); the shift avoids the cancellation of ``Z'Z - n mu mu'`` when the mean is
+    large against the spread (constant rows give exactly 0). The spectrum, RankMe (both
+    conventions), participation ratio, numerical rank, alpha-ReQ and normalised std from these
+    equal the in-memory ones up to rounding (module docstring).
+
+    ``precision``: ``"float64"`` forms each batch's ``(z - c)(z - c)'`` in float64 (BLAS dsyrk);
+    ``"float32"`` in float32 (ssyrk, about 2x faster) over chunks of at most 4096 rows, each
+    chunk's Gram summed into the float64 accumulator; ``"auto"`` (default) picks float32 when
+    the first batch is float32 or narrower (float16, bfloat16: a model's embeddings) and
+    float64 otherwise (float64, integer input). Float32 resolves Gram eigenvalues to
+    ``4 eps_32 ||S||`` (singular values to ~1e-3 sigma_max), float64 to
+    ``max(n, d) eps_64 ||Z'Z||``; see the module docstring for the measured accuracy.
     """
 
-    def __init__(self, dim: int | None = None) -> None:
+    def __init__(self, dim: int | None = None, *, precision: Precision = "auto") -> None:
+        if precision not in ("auto", "float32", "float64"):
+            raise ValueError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}")
         self.dim = dim
+        self.precision: Precision = precision
         self.n = 0
+        self._dtype: torch.dtype | None = None
         self._shift: torch.Tensor | None = None
         self._nshift: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._scatter: np.ndarray | None = None
         self._nsum: torch.Tensor | None = None
         self._nsumsq: torch.Tensor | None = None
+        self._eig: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def working_dtype(self) -> torch.dtype | None:
+        """dtype of the per-batch Gram (float32 or float64; None before the first batch)."""
+        return self._dtype
 
     def update(self, batch: ArrayLike) -> CovarianceAccumulator:
         """Add the rows of a (b, d) batch (b >= 1); returns self."""
-        t = _as_float64(batch, "batch") if _rows(batch) >= 2 else _as_float64_single(batch)
-        t = t.cpu()
+        t = _as_real_tensor(batch, "batch", check_finite=False).cpu()
         d = t.shape[1]
-        if self.dim is None:
-            self.dim = d
-        if d != self.dim:
+        if self.dim is not None and d != self.dim:
             raise ValueError(f"batch has {d} columns, the accumulator has dim {self.dim}")
-        u = _l2_normalize_rows(t)
+        work = self._dtype or _working_dtype(self.precision, t.dtype)
+        # Differences are formed in the wider of the input and working dtypes, then rounded
+        # once to the working dtype (the shifts are representable in both).
+        wide = torch.float64 if torch.float64 in (t.dtype, work) else torch.float32
+        t = t.to(wide)
+        inv_norm = torch.linalg.vector_norm(t, dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+        if self._shift is None or self._nshift is None:
+            # The shift is rounded to the working precision, so that z - c is formed exactly
+            # (or with one rounding relative to |z - c|) in that precision.
+            shift = t.to(torch.float64).mean(0).to(work).to(torch.float64)
+            nshift = (t * inv_norm).to(torch.float64).mean(0).to(work).to(torch.float64)
+        else:
+            shift, nshift = self._shift, self._nshift
+        y = (t - shift.to(wide)).to(work)
+        yu = torch.addcmul(-nshift.to(wide), t, inv_norm).to(work)  # u - c_u
+        sum_y, sum_u = _column_sums(y), _column_sums(yu)
+        sum_u2 = _column_sums(yu.square_())
+        # A NaN or inf anywhere makes a column sum non-finite: no separate pass over the batch.
+        if not all(bool(torch.isfinite(v).all()) for v in (sum_y, sum_u, sum_u2)):
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad:
+                raise ValueError(f"batch contains {n_bad} non-finite values (NaN or inf)")
+            raise ValueError("batch values are too large: their column sums overflow")
         if self._scatter is None:
-            self._shift = t.mean(0)
-            self._nshift = u.mean(0)
-            self._sum = torch.zeros(d, dtype=torch.float64)
+            self.dim, self._dtype = d, work
+            self._shift, self._nshift = shift, nshift
             # Upper triangle only, Fortran order: BLAS syrk updates it in place at half the
             # flops of a general matrix product.
             self._scatter = np.zeros((d, d), dtype=np.float64, order="F")
+            self._sum = torch.zeros(d, dtype=torch.float64)
             self._nsum = torch.zeros(d, dtype=torch.float64)
             self._nsumsq = torch.zeros(d, dtype=torch.float64)
-        y = t - self._shift
-        yu = u - self._nshift
         self.n += t.shape[0]
-        self._sum += y.sum(0)
+        self._eig = None
+        # The sums are of the same rounded y as the Gram, so S - s s' / n stays consistent.
+        self._sum += sum_y
+        self._nsum += sum_u
+        self._nsumsq += sum_u2
         y_np = y.numpy()
-        self._scatter = _syrk_update(self._scatter, y_np)
-        self._nsum += yu.sum(0)
-        self._nsumsq += (yu * yu).sum(0)
+        if work == torch.float64:
+            self._scatter = _syrk_update(self._scatter, y_np)
+        else:
+            for i in range(0, y_np.shape[0], _FLOAT32_CHUNK_ROWS):
+                _syrk_update_float32(self._scatter, y_np[i : i + _FLOAT32_CHUNK_ROWS])
         return self
 
     def _check(self) -> None:
@@ -449,31 +533,55 @@ class CovarianceAccumulator:
         self._check()
         return (self._shift + self._sum / self.n).numpy()
 
+    def _centred_scatter(self) -> np.ndarray:
+        upper = np.triu(self._scatter)
+        scatter = upper + np.triu(upper, 1).T
+        s = self._sum.numpy()
+        scatter -= np.outer(s, s / self.n)
+        return scatter
+
     def gram(self, center: bool = False) -> np.ndarray:
         """``Z'Z`` (uncentred) or the centred scatter ``sum (z - mu)(z - mu)'``."""
         self._check()
-        s, c, n = self._sum, self._shift, self.n
-        upper = np.triu(self._scatter)
-        scatter = torch.from_numpy(upper + np.triu(upper, 1).T)
-        if center:
-            g = scatter - torch.outer(s, s) / n
-        else:
-            g = scatter + torch.outer(c, s) + torch.outer(s, c) + n * torch.outer(c, c)
-        return g.numpy().copy()
+        g = self._centred_scatter()
+        if not center:
+            v = math.sqrt(self.n) * self.mean
+            g += np.outer(v, v)
+        return g
+
+    def _eigenvalues(self) -> tuple[np.ndarray, np.ndarray]:
+        """Floored eigenvalues (descending) of the centred scatter and of ``Z'Z``, cached."""
+        if self._eig is not None:
+            return self._eig
+        n, d = self.n, int(self.dim)  # type: ignore[arg-type]
+        mu = self.mean
+        v = math.sqrt(n) * mu
+        cen, unc = (e[::-1].clip(0.0) for e in eigvalsh_rank_one_pair(self._centred_scatter(), v))
+        eps64 = np.finfo(np.float64).eps
+        floors = [max(n, d) * eps64 * float(e[0]) if e.size else 0.0 for e in (cen, unc)]
+        if self._dtype == torch.float32:
+            # ||S|| <= ||C|| + n |mu - c|^2 (S = C + n (mu - c)(mu - c)'): the float32 rounding
+            # scales with the shifted scatter that was actually accumulated.
+            off = mu - self._shift.numpy()
+            s_norm = float(cen[0]) + n * float(off @ off)
+            floor32 = _FLOAT32_FLOOR * float(np.finfo(np.float32).eps) * s_norm
+            floors = [max(f, floor32) for f in floors]
+        for e, floor in zip((cen, unc), floors, strict=True):
+            e[e <= floor] = 0.0
+        self._eig = (cen, unc)
+        return self._eig
 
     def spectrum(self, center: bool = True) -> Spectrum:
-        """Same content as ``embedding_spectrum(Z, center, normalize=False)``."""
+        """Same content as ``embedding_spectrum(Z, center, normalize=False)``.
+
+        Both spectra come from one tridiagonalisation (:func:`eigvalsh_rank_one_pair`) and are
+        cached until the next ``update``.
+        """
         self._check()
         n, d = self.n, int(self.dim)  # type: ignore[arg-type]
-        g = torch.from_numpy(self.gram(center))
-        eig = torch.linalg.eigvalsh(0.5 * (g + g.T)).flip(0).clamp_min(0.0).numpy()
+        cen, unc = self._eigenvalues()
+        sq = (cen if center else unc).copy()
         m = min(n, d)
-        sq = eig.copy()
-        # Rounding floor of the Gram's eigenvalues (matrix_rank's rule applied to sigma^2): below
-        # it an eigenvalue is indistinguishable from 0, and leaving the noise in would add ~m
-        # spurious sigma ~ sqrt(eps) sigma_max to RankMe's sum for rank-deficient Z.
-        if sq.size:
-            sq[sq <= max(n, d) * np.finfo(np.float64).eps * sq[0]] = 0.0
         # Beyond the rank cap (min(n, d); min(n - 1, d) centred) the eigenvalues are rounding.
         sq[min(n - 1, d) if center else m :] = 0.0
         s = np.sqrt(sq[:m])
@@ -492,6 +600,49 @@ class CovarianceAccumulator:
 StreamingSpectrum = CovarianceAccumulator
 
 
+def eigvalsh_rank_one_pair(c: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) of a symmetric C and of ``C + v v'`` from ONE tridiagonalisation.
+
+    A Householder reflector H with ``H v = -+|v| e_1`` gives ``A = H C H``; LAPACK dsytrd (lower)
+    reduces A to tridiagonal T with ``Q e_1 = e_1``, so ``Q'H (C + v v') H Q = T + |v|^2 e_1 e_1'``
+    is tridiagonal too: both spectra follow from two O(d^2) tridiagonal solves after a single
+    O(d^3) reduction (two dense eigvalsh otherwise). Backward stable: each eigenvalue moves by
+    O(eps_64) times the norm of its own matrix, as with eigvalsh; a large |v| does not degrade
+    the spectrum of C, which is reduced without v.
+    """
+    from scipy.linalg import eigvalsh_tridiagonal
+    from scipy.linalg.lapack import dsytrd, dsytrd_lwork
+
+    a = np.array(c, dtype=np.float64, order="F")
+    v = np.asarray(v, dtype=np.float64).ravel()
+    d = a.shape[0] if a.ndim == 2 else -1
+    if a.shape != (d, d) or v.shape != (d,):
+        raise ValueError(
+            f"c must be square (d, d) and v of length d, got shapes {a.shape} and {v.shape}"
+        )
+    a = 0.5 * (a + a.T)
+    vv = float(v @ v)
+    if d <= 2:
+        return np.linalg.eigvalsh(a), np.linalg.eigvalsh(a + np.outer(v, v))
+    if vv > 0.0:
+        h = v.copy()
+        h[0] += math.copysign(math.sqrt(vv), v[0])
+        beta = 2.0 / float(h @ h)
+        p = beta * (a @ h)
+        w = p - 0.5 * beta * float(h @ p) * h
+        a -= np.outer(h, w)
+        a -= np.outer(w, h)
+    lwork, info = dsytrd_lwork(d, lower=1)
+    _, diag, off, _, info = dsytrd(a, lower=1, lwork=int(lwork), overwrite_a=1)
+    if info != 0:
+        raise RuntimeError(f"LAPACK dsytrd failed (info={info})")
+    eig_c = eigvalsh_tridiagonal(diag, off, check_finite=False, lapack_driver="sterf")
+    diag = diag.copy()
+    diag[0] += vv
+    eig_g = eigvalsh_tridiagonal(diag, off, check_finite=False, lapack_driver="sterf")
+    return eig_c, eig_g
+
+
 def _syrk_update(scatter: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``scatter += y' y`` on the upper triangle (BLAS dsyrk; float64, Fortran-ordered scatter)."""
     from scipy.linalg.blas import dsyrk
@@ -500,24 +651,62 @@ def _syrk_update(scatter: np.ndarray, y: np.ndarray) -> np.ndarray:
     return dsyrk(1.0, y.T, beta=1.0, c=scatter, trans=0, lower=0, overwrite_c=1)
 
 
+def _syrk_update_float32(scatter: np.ndarray, y: np.ndarray) -> None:
+    """``scatter += y' y`` (upper triangle): float32 BLAS ssyrk, summed into float64 in place."""
+    from scipy.linalg.blas import ssyrk
+
+    np.add(scatter, ssyrk(1.0, y.T, trans=0, lower=0), out=scatter)
+
+
+def _column_sums(x: torch.Tensor) -> torch.Tensor:
+    """Column sums in float64: exact float64 sum, or float32 BLAS gemv over row chunks of at
+    most 4096 rows (the rounding scale of the float32 Gram) added in float64."""
+    if x.dtype == torch.float64:
+        return x.sum(0)
+    ones = torch.ones(min(x.shape[0], _FLOAT32_CHUNK_ROWS), dtype=x.dtype)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, x.shape[0], _FLOAT32_CHUNK_ROWS):
+        chunk = x[i : i + _FLOAT32_CHUNK_ROWS]
+        total += torch.mv(chunk.T, ones[: chunk.shape[0]]).to(torch.float64)
+    return total
+
+
+def _working_dtype(precision: Precision, dtype: torch.dtype) -> torch.dtype:
+    if precision == "float64":
+        return torch.float64
+    if precision == "float32":
+        return torch.float32
+    return torch.float32 if dtype.is_floating_point and dtype.itemsize <= 4 else torch.float64
+
+
 def _rows(x: ArrayLike) -> int:
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     return int(shape[0]) if len(shape) >= 1 else 0
 
 
-def _as_float64_single(batch: ArrayLike) -> torch.Tensor:
-    """Validation for a batch of one row (``_as_float64`` requires two)."""
-    t = batch.detach().to(torch.float64) if isinstance(batch, torch.Tensor) else None
-    if t is None:
+def _as_real_tensor(batch: ArrayLike, name: str, check_finite: bool = True) -> torch.Tensor:
+    """Checked 2-D real tensor with >= 1 row: float32 stays float32 (float16 / bfloat16 become
+    float32), everything else becomes float64; no copy of float32 / float64 input.
+    ``check_finite=False`` leaves the NaN / inf check to the caller."""
+    if isinstance(batch, torch.Tensor):
+        t = batch.detach()
+        if t.is_complex():
+            raise ValueError(f"{name} must be real, got dtype {t.dtype}")
+    else:
         arr = np.asarray(batch)
         if arr.dtype.kind not in "biuf":
-            raise ValueError(f"batch must be a real numeric array, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+            raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        if arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float32 if arr.dtype == np.float16 else np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype not in (torch.float32, torch.float64):
+        low = t.dtype.is_floating_point and t.dtype.itemsize <= 4
+        t = t.to(torch.float32 if low else torch.float64)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"batch must be 2-D (rows, dim) with rows >= 1, got {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"batch contains {int((~torch.isfinite(t)).sum())} non-finite values")
-    return t
+        raise ValueError(f"{name} must be 2-D (rows, dim) with rows >= 1, got {tuple(t.shape)}")
+    if check_finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains {int((~torch.isfinite(t)).sum())} non-finite values")
+    return t.contiguous()
 
 
 # ----------------------------------------------------------------------------- report
@@ -690,24 +879,28 @@ def collapse_report(
     uniformity_samples: int | None = 2048,
     seed: int = 0,
     batch_size: int = 8192,
+    precision: Precision = "auto",
 ) -> CollapseReport:
     """All collapse statistics of Z (and alignment with a second view ``z2``) plus the verdict.
 
     The spectrum goes through :class:`CovarianceAccumulator` in batches of ``batch_size`` rows.
     alpha-ReQ defaults to the centred eigenvalues above 1e-10 lambda_max (numerical zeros of a
     rank-deficient spectrum are excluded); ``uniformity`` uses at most ``uniformity_samples`` rows.
+    ``precision`` (default ``"auto"``: float32 for float32 / narrower Z, else float64) is the
+    dtype of the Gram products of the accumulator and of :func:`uniformity`; all sums,
+    eigenvalues and statistics are float64 (accuracy in the module docstring).
     """
     if not isinstance(z, torch.Tensor):
         z = np.asarray(z)
     if z.ndim != 2:
         raise ValueError(f"z must be 2-D (n_samples, dim), got shape {tuple(z.shape)}")
-    # Batches are converted to float64 (and checked) one at a time: no full float64 copy.
-    acc = CovarianceAccumulator(int(z.shape[1]))
+    # Batches are converted (and checked) one at a time: no full float64 copy.
+    acc = CovarianceAccumulator(int(z.shape[1]), precision=precision)
     for i in range(0, int(z.shape[0]), batch_size):
         acc.update(z[i : i + batch_size])
     acc._check()
     align = alignment(z, z2) if z2 is not None else None
-    unif = uniformity(z, max_samples=uniformity_samples, seed=seed)
+    unif = uniformity(z, max_samples=uniformity_samples, seed=seed, precision=precision)
     return report_from_accumulator(
         acc,
         thresholds=thresholds,
