@@ -287,6 +287,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 # mean over the 5 label subsets): random init 89.5 %, EMI 94.9 % (+5.5), MIO 95.0 % (+5.5); raw
 # pixels give 88.0 %. Earlier settings for the record: batch 256 / EMI projector 64 / crop scale
 # (0.5, 1): EMI 93.0 %, MIO 93.2 %.
+# The 5 points hold at this seed, NOT at every seed: train.seed=1 gave random 90.0 %, EMI 94.5 %
+# (+4.6), MIO 93.6 % (+3.7); with 60 epochs EMI +5.1, MIO +4.0 (README, "Not verified").
 LABEL_SEEDS = (0, 1, 2, 3, 4)
 MARGIN = 5.0  # points, as the issue asks
 
