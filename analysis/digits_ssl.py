@@ -55,16 +55,24 @@ def random_init_backbone(checkpoint: Path) -> torch.nn.Module:
     return model.backbone
 
 
-def evaluate(backbone: torch.nn.Module) -> dict[str, float]:
-    """Probe accuracies (%) of a frozen backbone on digits (protocol in the module docstring)."""
+def probe_few_labels(backbone: torch.nn.Module) -> list[float]:
+    """Linear-probe top-1 (%) with :data:`LABELS_PER_CLASS` labels per class, one value per label
+    subset of :data:`LABEL_SEEDS` (the check of ``tests/test_trainer.py``)."""
     from trainers.linear_eval import evaluate_backbone
 
-    few = [
+    return [
         evaluate_backbone(
             backbone, "digits", labels_per_class=LABELS_PER_CLASS, seed=s, knn=False
         ).linear_top1
         for s in LABEL_SEEDS
     ]
+
+
+def evaluate(backbone: torch.nn.Module) -> dict[str, float]:
+    """Probe accuracies (%) of a frozen backbone on digits (protocol in the module docstring)."""
+    from trainers.linear_eval import evaluate_backbone
+
+    few = probe_few_labels(backbone)
     full = evaluate_backbone(backbone, "digits", seed=0)
     return {
         "probe_10_per_class": float(np.mean(few)),
@@ -92,11 +100,10 @@ def diagnose_run(checkpoint: Path, out_dir: Path, *, echo: bool = True) -> dict:
 
 def training_curves(run_dir: Path, objective: str) -> pd.DataFrame:
     """Per-epoch rows of the run's ``metrics.jsonl`` (``"kind": "epoch"``)."""
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") == "epoch":
-            rows.append({"objective": objective, **{k: v for k, v in rec.items() if k != "kind"}})
+    from trainers.pretrain import read_metrics
+
+    rows = [{"objective": objective, **{k: v for k, v in rec.items() if k != "kind"}}
+            for rec in read_metrics(run_dir, kind="epoch")]  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -121,10 +128,11 @@ def run(
     runs = digits_runs.ensure_runs(
         objectives, out / "runs", quick=False, seed=seed, epochs=epochs, overrides=overrides
     )
+    from trainers.linear_eval import load_backbone
+
     rows, curves = [], []
     for objective in progress(objectives, desc="digits: evaluate + diagnose"):
         ckpt = runs[objective] / "last.pt"
-        from trainers.linear_eval import load_backbone
 
         trained, state = load_backbone(ckpt)
         report = diagnose_run(ckpt, out / "diagnose" / objective, echo=echo)

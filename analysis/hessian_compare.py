@@ -27,7 +27,6 @@ trainer's mean training loss of that epoch (``mean_loss`` of the ``"kind": "epoc
 from __future__ import annotations
 
 import functools
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -127,17 +126,13 @@ def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, float]]:
         for p in Path(path).glob("epoch_*.pt")
         if (m := re.fullmatch(r"epoch_(\d+)", p.stem))
     }
-    losses: dict[int, float] = {}
-    metrics = Path(path) / "metrics.jsonl"
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            value = rec.get("mean_loss", rec.get("loss"))
-            if rec.get("kind") == "epoch" and value is not None:
-                losses[int(rec["epoch"])] = float(value)
+    from trainers.pretrain import read_metrics
+
+    losses = {
+        int(rec["epoch"]): float(rec["mean_loss"])
+        for rec in read_metrics(path, kind="epoch")
+        if rec.get("mean_loss") is not None
+    }
     return ckpts, losses
 
 

@@ -72,6 +72,14 @@ class ProbeResult:
     solver: str
 
 
+def evenly_spaced_indices(n: int, max_samples: int | None) -> np.ndarray | None:
+    """``max_samples`` evenly spaced indices of ``range(n)`` (deterministic), or None when all
+    ``n`` items fit: the subset every evaluation here uses."""
+    if max_samples is None or n <= max_samples:
+        return None
+    return np.linspace(0, n - 1, max_samples).round().astype(np.int64)
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -90,8 +98,8 @@ def extract_features(
     """
     from torch.utils.data import DataLoader, Subset
 
-    if indices is None and max_samples is not None and len(dataset) > max_samples:
-        indices = np.linspace(0, len(dataset) - 1, max_samples).round().astype(np.int64)
+    if indices is None:
+        indices = evenly_spaced_indices(len(dataset), max_samples)
     if indices is not None:
         dataset = Subset(dataset, [int(i) for i in indices])
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -147,6 +155,35 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, k=200, temperature=0.07) -
     return float((pred == test_y).double().mean() * 100.0)
 
 
+def _sgd_epoch(
+    opt: torch.optim.Optimizer,
+    w: Tensor,
+    b: Tensor,
+    x: Tensor,
+    y: Tensor,
+    gen: torch.Generator,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    it: int,
+    total: int,
+) -> int:
+    """One pass of mini-batch SGD on ``CE(x W + b) + weight_decay/2 ||W||^2`` in a random order,
+    lr cosine-annealed from ``lr`` over ``total`` steps; returns the updated step count ``it``."""
+    perm = torch.randperm(x.shape[0], generator=gen)
+    with torch.enable_grad():
+        for start in range(0, x.shape[0], batch_size):
+            sel = perm[start : start + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+            opt.zero_grad()
+            loss = F.cross_entropy(x[sel] @ w + b, y[sel]) + 0.5 * weight_decay * (w * w).sum()
+            loss.backward()
+            opt.step()
+            it += 1
+    return it
+
+
 def linear_probe(
     train_x: Tensor,
     train_y: Tensor,
@@ -192,22 +229,10 @@ def linear_probe(
             opt.step(closure)
         else:
             opt = torch.optim.SGD([w, b], lr=lr, momentum=0.9)
-            n = x.shape[0]
-            n_batches = max(1, math.ceil(n / batch_size))
-            total = steps * n_batches
+            total = steps * max(1, math.ceil(x.shape[0] / batch_size))
             it = 0
             for _ in range(steps):
-                perm = torch.randperm(n, generator=gen)
-                for j in range(n_batches):
-                    sel = perm[j * batch_size : (j + 1) * batch_size]
-                    for g in opt.param_groups:
-                        g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / total))
-                    opt.zero_grad()
-                    loss = F.cross_entropy(x[sel] @ w + b, train_y[sel])
-                    loss = loss + 0.5 * weight_decay * (w * w).sum()
-                    loss.backward()
-                    opt.step()
-                    it += 1
+                it = _sgd_epoch(opt, w, b, x, train_y, gen, batch_size, lr, weight_decay, it, total)
     with torch.no_grad():
         pred = (xt @ w + b).argmax(1)
     return float((pred == test_y).double().mean() * 100.0)
@@ -285,17 +310,9 @@ def augmented_linear_probe(
                     opt = torch.optim.SGD([w, b], lr=lr, momentum=0.9)
                     total = epochs * max(1, math.ceil(x_all.shape[0] / batch_size))
                 x_all = (x_all - mean) / std
-                perm = torch.randperm(x_all.shape[0], generator=gen)
-                for start in range(0, x_all.shape[0], batch_size):
-                    sel = perm[start : start + batch_size]
-                    for g in opt.param_groups:
-                        g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
-                    with torch.enable_grad():
-                        opt.zero_grad()
-                        loss = F.cross_entropy(x_all[sel] @ w + b, y_all[sel])
-                        (loss + 0.5 * weight_decay * (w * w).sum()).backward()
-                    opt.step()
-                    it += 1
+                it = _sgd_epoch(
+                    opt, w, b, x_all, y_all, gen, batch_size, lr, weight_decay, it, total
+                )
         finally:
             backbone.train(was_training)
     with torch.no_grad():
@@ -381,10 +398,8 @@ def evaluate_backbone(
         from torch.utils.data import Subset
 
         aug_ds = build_dataset(data, root, spec.train_split, transform=probe_train_transform(data))
-        if idx is not None:
-            aug_ds = Subset(aug_ds, [int(i) for i in idx])
-        elif max_train is not None and len(aug_ds) > max_train:
-            keep_idx = np.linspace(0, len(aug_ds) - 1, max_train).round().astype(np.int64)
+        keep_idx = idx if idx is not None else evenly_spaced_indices(len(aug_ds), max_train)
+        if keep_idx is not None:
             aug_ds = Subset(aug_ds, [int(i) for i in keep_idx])
         lin = augmented_linear_probe(
             backbone, aug_ds, ev_x, ev_y, epochs=epochs, lr=lr, batch_size=min(256, len(aug_ds)),

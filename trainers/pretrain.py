@@ -282,6 +282,23 @@ class _Metrics:
             self.tb.close()
 
 
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (those of ``kind`` when given: ``"step"`` or
+    ``"epoch"``), in order; a line cut by a crash is skipped, a missing file gives []."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if kind is None or rec.get("kind") == kind:
+            records.append(rec)
+    return records
+
+
 def _terms(loss_fn: nn.Module) -> dict[str, float]:
     out = {}
     for k, v in getattr(loss_fn, "last_terms", {}).items():
@@ -317,10 +334,10 @@ def _materialise_small(dataset, max_samples: int, max_bytes: int = 1 << 28):
     every epoch (it was 60-70 % of the evaluation time on digits). Same items, same order."""
     from torch.utils.data import TensorDataset
 
-    n = len(dataset)
-    idx = range(n)
-    if max_samples is not None and n > max_samples:
-        idx = np.linspace(0, n - 1, max_samples).round().astype(np.int64).tolist()
+    from trainers.linear_eval import evenly_spaced_indices
+
+    idx = evenly_spaced_indices(len(dataset), max_samples)
+    idx = range(len(dataset)) if idx is None else idx.tolist()
     first = torch.as_tensor(dataset[idx[0]][0])
     if len(idx) * first.numel() * first.element_size() > max_bytes:
         return dataset
