@@ -531,34 +531,51 @@ def apply_view_params_cpu(
 
 
 # ----------------------------------------------------------------------------- batched path
+#
+# Everything below runs without host-device synchronisation: no ``.item()``/``nonzero``/``.any()``
+# on device tensors, no boolean indexing, no tensors built from Python lists (each of those copies
+# from the host). Per-sample choices are whole-batch computations selected with ``torch.where``;
+# Python branches depend only on the (static) ViewConfig and shapes.
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma with torchvision's weights."""
-    w = x.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
+def _luma_weights(x: torch.Tensor) -> torch.Tensor:
+    """(1, 3, 1, 1) grey weights on ``x``'s device, filled from Python scalars (no host copy)."""
+    w = torch.empty(1, 3, 1, 1, dtype=x.dtype, device=x.device)
+    for i, v in enumerate(_GRAY_WEIGHTS):
+        w[:, i].fill_(v)
+    return w
+
+
+def _gray(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luma with torchvision's weights (``weights``: precomputed
+    :func:`_luma_weights`, saves three tiny kernels per call)."""
+    w = _luma_weights(x) if weights is None else weights
     return (x * w).sum(1, keepdim=True)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, argmax = x.max(1)
-    minc = x.min(1).values
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(
-        argmax == 0,
-        ((g - b) / safe) % 6.0,
-        torch.where(argmax == 1, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    )
-    h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h)) % 1.0
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), 0 * maxc)
-    return torch.stack((h, s, maxc), 1)
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) RGB -> hue in turns [0, 1), saturation, value, each (N, 1, H, W).
+
+    torchvision's ``_rgb2hsv`` formulas: with ``d`` the channel differences (g - b, b - r, r - g)
+    and ``c`` the arg-max channel, hue is ``((d_c / delta + 2 c) mod 6) / 6`` (0 where
+    delta = 0). ``mod 6`` only acts for c = 0 (otherwise the value is in [1, 5]), where the
+    per-branch form applies it, so the roundings are those of the per-branch form.
+    """
+    maxc, argmax = x.max(1, keepdim=True)
+    delta = maxc - x.amin(1, keepdim=True)
+    pos = delta > 0
+    diff = x.roll(-1, 1) - x.roll(-2, 1)  # (g - b, b - r, r - g)
+    h = diff.gather(1, argmax) / torch.where(pos, delta, 1.0)
+    h = torch.add(h, argmax.to(x.dtype), alpha=2.0) % 6.0
+    h = torch.where(pos, h / 6.0, 0.0) % 1.0
+    vpos = maxc > 0
+    s = torch.where(vpos, delta / torch.where(vpos, maxc, 1.0), 0.0)
+    return h, s, maxc
 
 
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, n = 5, 3, 1 for R, G, B
-    h, s, v = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
-    n = hsv.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, dtype=h.dtype, device=h.device).view(1, 3, 1, 1)
     k = (n + 6.0 * h) % 6.0
     return v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -567,32 +584,56 @@ def _per_sample(f: torch.Tensor) -> torch.Tensor:
     return f.view(-1, 1, 1, 1)
 
 
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * _per_sample(f)).clamp(0.0, 1.0)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    m = (_gray(x) if x.shape[1] == 3 else x).mean((1, 2, 3), keepdim=True)
-    f = _per_sample(f)
-    return (f * x + (1 - f) * m).clamp(0.0, 1.0)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    f = _per_sample(f)
-    return (f * x + (1 - f) * _gray(x)).clamp(0.0, 1.0)
-
-
 def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    hsv = _rgb_to_hsv(x)
-    hsv = torch.cat(((hsv[:, :1] + _per_sample(f)) % 1.0, hsv[:, 1:]), 1)
-    return _hsv_to_rgb(hsv)
+    h, s, v = _rgb_to_hsv(x)
+    return _hsv_to_rgb((h + _per_sample(f)) % 1.0, s, v)
 
 
-_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+def _jitter(
+    x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor
+) -> torch.Tensor:
+    """Colour jitter of the samples with ``on`` (N,) bool, ops in the per-sample ``order``.
+
+    Brightness ``clamp(b x)``, contrast ``clamp(c x + (1 - c) mean(gray x))`` and saturation
+    ``clamp(s x + (1 - s) gray x)`` are one affine map
+    ``clamp(a x + w_m mean(gray x) + w_g gray x)`` with per-sample ``(a, w_m, w_g)`` equal to
+    ``(b, 0, 0)``, ``(c, 1 - c, 0)`` or ``(s, 0, 1 - s)``; the missing terms are exact zeros and
+    the rest is rounded in the same order, so each op is reproduced bit for bit. With hue at
+    position ``p`` of the permutation ``order``, a sample's sequence is its first ``p`` affine
+    ops, hue, its remaining ``3 - p`` affine ops: three affine slots before one hue pass over the
+    batch and three after, a slot being the identity (``where``) where unused. That is one hue
+    conversion instead of one per stage, and no gathers of sub-batches. ``order`` must be a
+    permutation of 0..3 per sample (as drawn; not checked, that would synchronise).
+    """
+    factors = factors.to(x.dtype)  # no-op for drawn/recorded (float32) parameters
+    slots = torch.arange(3, device=order.device)
+    hue_pos = torch.argmax((order == 3).to(torch.int64), 1, keepdim=True)  # (N, 1)
+    affine_ops = order.gather(1, slots + (slots >= hue_pos))  # (N, 3) the non-hue ops, in order
+    a = factors.gather(1, affine_ops)
+    one_minus_a = 1 - a
+    w_mean = torch.where(affine_ops == 1, one_minus_a, 0.0)
+    w_gray = torch.where(affine_ops == 2, one_minus_a, 0.0)
+    before = on[:, None] & (slots < hue_pos)  # (N, 3) slot j is applied before the hue op
+    after = on[:, None] & (slots >= hue_pos)
+    luma = _luma_weights(x)
+
+    def affine(x: torch.Tensor, j: int, active: torch.Tensor) -> torch.Tensor:
+        g = _gray(x, luma)
+        m = g.mean((1, 2, 3), keepdim=True)
+        # a x + (w_m m + w_g g): the reference term first, exactly as f x + (1 - f) ref is
+        # rounded (no fused multiply-add), so each op is reproduced bit for bit
+        ref = _per_sample(w_gray[:, j]) * g + _per_sample(w_mean[:, j]) * m
+        y = (x * _per_sample(a[:, j])).add_(ref)
+        return torch.where(_per_sample(active[:, j]), y.clamp_(0.0, 1.0), x)
+
+    for j in range(3):
+        x = affine(x, j, before)
+    x = torch.where(_per_sample(on), _hue(x, factors[:, 3]), x)
+    for j in range(3):
+        x = affine(x, j, after)
+    return x
 
 
 def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
@@ -603,8 +644,10 @@ def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, per-sample ``sigma`` (N,) (all must be > 0)."""
     n, c, h, w = x.shape
-    k = _gaussian_kernels(sigma, size).to(x.dtype).repeat_interleave(c, 0)  # (n c, size)
+    k = _gaussian_kernels(sigma, size).to(x.dtype)
+    k = k.unsqueeze(1).expand(n, c, size).reshape(n * c, size)  # per (sample, channel)
     pad = size // 2
     y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, n * c, h + 2 * pad, w + 2 * pad)
     y = F.conv2d(y, k.view(n * c, 1, 1, size), groups=n * c)
@@ -613,17 +656,18 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, size: int) -> torch.Tensor:
-    """(N, out, size) rows resampling the windows [start, start + length) of a 1-D signal to ``out``.
+    """(..., out, size) rows resampling the windows [start, start + length) of a 1-D signal to
+    ``out`` (``start``, ``length`` of any shape ``...``).
 
     Antialiased bilinear as torch's ``_upsample_bilinear2d_aa`` (used by torchvision's resize):
     pixel j has centre j + 1/2; output i has centre ``start + (i + 1/2) s`` with ``s = length / out``;
     weights ``max(0, 1 - |j + 1/2 - centre| / max(s, 1))`` over the window, normalised. For ``s <= 1``
     this is plain bilinear with half-pixel centres and edge clamping.
     """
-    start, length = start.double().view(-1, 1, 1), length.double().view(-1, 1, 1)
+    start, length = start.double()[..., None, None], length.double()[..., None, None]
     scale = length / out
-    i = torch.arange(out, device=start.device, dtype=torch.float64).view(1, -1, 1)
-    j = torch.arange(size, device=start.device, dtype=torch.float64).view(1, 1, -1)
+    i = torch.arange(out, device=start.device, dtype=torch.float64).view(-1, 1)
+    j = torch.arange(size, device=start.device, dtype=torch.float64)
     centre = start + (i + 0.5) * scale
     w = torch.clamp(1.0 - (j + 0.5 - centre).abs() / torch.clamp(scale, min=1.0), min=0.0)
     w = w * ((j >= start) & (j < start + length))
@@ -632,9 +676,13 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, out: int, size: i
 
 def _resized_crop(x: torch.Tensor, crop: torch.Tensor, size: int) -> torch.Tensor:
     """Crop boxes ``crop`` = (top, left, height, width) per sample and resize to (size, size)."""
-    top, left, h, w = crop.unbind(1)
-    wy = _resize_weights(top, h, size, x.shape[-2]).to(x.dtype)  # (N, S, H)
-    wx = _resize_weights(left, w, size, x.shape[-1]).to(x.dtype)  # (N, S, W)
+    if x.shape[-2] == x.shape[-1]:  # square input: rows and columns share one weight computation
+        wyx = _resize_weights(crop[:, :2], crop[:, 2:], size, x.shape[-1]).to(x.dtype)
+        wy, wx = wyx.unbind(1)  # (N, S, H), (N, S, W)
+    else:
+        top, left, h, w = crop.unbind(1)
+        wy = _resize_weights(top, h, size, x.shape[-2]).to(x.dtype)  # (N, S, H)
+        wx = _resize_weights(left, w, size, x.shape[-1]).to(x.dtype)  # (N, S, W)
     return wy.unsqueeze(1) @ x @ wx.transpose(1, 2).unsqueeze(1)
 
 
@@ -660,7 +708,23 @@ class BatchAugment(nn.Module):
     in [0, 1], same H, W for the batch; views are float (N, C, S, S), normalised when the preset
     has mean/std and ``normalize=True``. ``generator`` must live on ``x.device``; None uses torch's
     default generator of that device.
+
+    Graph safety (:attr:`graph_safe`): ``forward``, ``sample_params`` and ``apply`` never
+    synchronise the host with the device (no ``.item()``, ``nonzero``, ``.any()`` on device
+    tensors, no boolean-mask indexing, no host-to-device copies) and launch a fixed sequence of
+    kernels that depends only on the preset and the input shape, never on the drawn parameters.
+    ``forward`` can therefore run ahead of the GPU and be captured in a CUDA graph
+    (``torch.cuda.graph``) and replayed with fresh random draws; with an explicit ``generator``
+    the generator must be registered with the graph (``CUDAGraph.register_generator_state``),
+    torch's default CUDA generator is handled by the capture itself. Per-sample choices are
+    computed on the whole batch and selected with ``torch.where``; steps whose probability in the
+    view's :class:`ViewConfig` is 0 are skipped (in :meth:`apply` their flags in ``params`` are
+    then ignored, as the rotation angle already was without ``rotation_deg``), and colour jitter
+    and grayscale are skipped for 1-channel images, as on the CPU path.
     """
+
+    graph_safe: bool = True
+    """``forward`` has no host synchronisation and can be captured in a CUDA graph."""
 
     def __init__(self, preset: AugmentPreset, *, normalize: bool = True) -> None:
         super().__init__()
@@ -712,8 +776,8 @@ class BatchAugment(nn.Module):
             fw, fh = int(round(height * c.crop_ratio[1])), height
         else:
             fw, fh = width, height
-        w = torch.where(found, w, torch.full_like(w, fw))
-        h = torch.where(found, h, torch.full_like(h, fh))
+        w = torch.where(found, w, fw)
+        h = torch.where(found, h, fh)
         u = torch.rand(n, 2, generator=g, device=device, dtype=torch.float64)
         top = torch.floor(u[:, 0] * (height - h + 1)).long()
         left = torch.floor(u[:, 1] * (width - w + 1)).long()
@@ -733,7 +797,8 @@ class BatchAugment(nn.Module):
             + [_uniform(n, -c.hue, c.hue, g, device)],
             1,
         ).float()
-        identity = factors.new_tensor([1.0, 1.0, 1.0, 0.0]).expand(n, 4)
+        # identity (1, 1, 1, 0) where jitter is off, built on the device (no host copy)
+        identity = (torch.arange(4, device=factors.device) < 3).to(factors.dtype)
         factors = torch.where(jitter[:, None], factors, identity)
         order = torch.argsort(torch.rand(n, 4, generator=g, device=device), 1)
         grayscale = coin(c.grayscale_p) & color
@@ -756,7 +821,11 @@ class BatchAugment(nn.Module):
         *,
         normalize: bool | None = None,
     ) -> torch.Tensor:
-        """Apply one view with given parameters; ``generator`` only draws the additive noise."""
+        """Apply one view with given parameters; ``generator`` only draws the additive noise.
+
+        Steps the view's config switches off (probability 0, ``rotation_deg`` 0, ``noise_std``
+        0) are skipped whatever ``params`` say; jitter and grayscale act on 3 channels only.
+        """
         self._check(x)
         c = self.preset.view(view)
         if tuple(x.shape[-2:]) != tuple(params.in_hw) or len(params) != x.shape[0]:
@@ -765,24 +834,23 @@ class BatchAugment(nn.Module):
             )
         x = _to_float(x)
         dev = x.device
-        p = params.to(dev)
+        p = params.to(dev)  # a no-op when they were drawn on dev
+        color = x.shape[1] == 3
         x = _resized_crop(x, p.crop, c.size)
         if c.rotation_deg > 0:
             x = _rotate(x, p.angle)
-        x = torch.where(p.flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        if p.jitter.any():
-            for stage in range(4):
-                for k, op in enumerate(_JITTER_OPS):
-                    sel = torch.nonzero(p.jitter & (p.order[:, stage] == k))[:, 0]
-                    if sel.numel():
-                        x[sel] = op(x[sel], p.factors[sel, k])
-        if x.shape[1] == 3 and p.grayscale.any():
-            x = torch.where(p.grayscale.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
-        if p.blur.any():
-            sel = torch.nonzero(p.blur)[:, 0]
-            x[sel] = _blur(x[sel], p.sigma[sel], c.blur_kernel)
-        if p.solarize.any():
-            hit = p.solarize.view(-1, 1, 1, 1) & (x >= c.solarize_threshold)
+        if c.hflip_p > 0:
+            x = torch.where(_per_sample(p.flip), x.flip(-1), x)
+        if color and c.jitter_p > 0:
+            x = _jitter(x, p.jitter, p.factors, p.order)
+        if color and c.grayscale_p > 0:
+            x = torch.where(_per_sample(p.grayscale), _gray(x).expand_as(x), x)
+        if c.blur_p > 0:
+            # blur the whole batch (sigma 1 where off: any positive value, the result is dropped)
+            sigma = torch.where(p.blur, p.sigma, 1.0)
+            x = torch.where(_per_sample(p.blur), _blur(x, sigma, c.blur_kernel), x)
+        if c.solarize_p > 0:
+            hit = _per_sample(p.solarize) & (x >= c.solarize_threshold)
             x = torch.where(hit, 1.0 - x, x)
         if c.noise_std > 0:
             noise = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
