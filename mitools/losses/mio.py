@@ -112,18 +112,23 @@ def mio_loss(
     n = z1.shape[0]
     u = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
     S = u @ u.T
-    pos, neg = _masks(n, u.device, negatives)
-    s_pos = S[pos]
+    # Masked sums instead of boolean indexing (S[neg]), which would synchronise with the device
+    # on every call; the positives are the two off-diagonals i -> i + n and i + n -> i, in the
+    # row-major order boolean indexing gives.
+    s_pos = torch.cat([S.diagonal(n), S.diagonal(-n)])
     positive = F.softplus(-s_pos / tau_p).mean()
+    _, neg = _masks(n, u.device, negatives)
+    neg_w = neg.to(S.dtype)
+    n_neg = neg_w.sum()
     if remove_positive_repulsion:
         c = 0.5 * (u[:n] + u[n:])
         G = c @ c.T
-        s_neg = G[~torch.eye(n, dtype=torch.bool, device=u.device)]
+        sims, w = G, (~torch.eye(n, dtype=torch.bool, device=u.device)).to(S.dtype)
     else:
-        s_neg = S[neg]
+        sims, w = S, neg_w
     if negative_bound is not None:
-        s_neg = torch.clamp(s_neg, max=negative_bound)
-    negative = F.softplus(s_neg / tau_n).mean()
+        sims = torch.clamp(sims, max=negative_bound)
+    negative = (F.softplus(sims / tau_n) * w).sum() / w.sum()
     if mse_on == "raw":
         mse = F.mse_loss(z1, z2)
     else:
@@ -135,7 +140,7 @@ def mio_loss(
         "mse": mse,
         "jsd_bound": -(positive + negative),
         "pos_cos": s_pos.mean(),
-        "neg_cos": S[neg].mean(),
+        "neg_cos": (S * neg_w).sum() / n_neg,
     }
     return loss, terms
 
