@@ -2,12 +2,14 @@
 
     python -m benchmarks.train_throughput [--quick] [--device cpu|cuda] [--out results/bench]
         [--case digits_emi] [--case cifar10_mio] [--steps 20] [--batch 256]
+        [--set train.compile=true ...]
 
 For each case (a trainer config):
 
 (a) ceiling: forward + backward of both views through the encoder (``TwoViewModel``) on
     synthetic tensors already on the device, a trivial loss (mean of z^2), same AMP /
-    channels_last settings as the trainer; no data, no augmentation, no optimiser step.
+    channels_last / ``train.compile`` settings as the trainer; no data, no augmentation, no
+    optimiser step.
 (b) pipeline: the real loop of ``trainers.pretrain.train`` (DataLoader, two augmented views,
     the SSL loss, optimiser and schedule, EMA target when configured, non-finite check,
     logging), timed over the second of two epochs of ``--steps`` steps (the first warms up),
@@ -76,6 +78,8 @@ def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]
     if cl:
         model = model.to(memory_format=torch.channels_last)
     net = TwoViewModel(model).train()
+    if cfg.train.compile:  # same model code as the pipeline compiles
+        net = torch.compile(net)
     b, s = cfg.data.batch_size, spec.image_size
     x1 = torch.randn(b, spec.channels, s, s, device=device)
     x2 = torch.randn(b, spec.channels, s, s, device=device)
@@ -123,6 +127,7 @@ def run(
     steps: int | None = None,
     batch: int | None = None,
     device: str | None = None,
+    extra: list[str] | None = None,
 ) -> pd.DataFrame:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = cases or ["digits_emi", "cifar10_mio"]
@@ -144,13 +149,14 @@ def run(
                     f"data.root={tmp}/cifar",
                     "data.num_workers=0" if dev.type == "cpu" else "data.num_workers=8",
                 ]
-            cfg = load_config(CONFIGS / f"{case}.yaml", overrides)
+            cfg = load_config(CONFIGS / f"{case}.yaml", overrides + list(extra or []))
             a_ips, a_mem = ceiling(cfg, dev, max(steps, 5))
             b_ips, b_mem = pipeline(cfg, dev)
             rows.append({
                 "case": case, "arch": cfg.model.arch, "loss": cfg.loss.name, "batch": b,
                 "device": str(dev), "ceiling_img_s": a_ips, "pipeline_img_s": b_ips,
-                "ratio": b_ips / a_ips, "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
+                "ratio": b_ips / a_ips, "amp": cfg.train.amp, "compile": cfg.train.compile,
+                "augment": cfg.data.augment, "extra": " ".join(extra or []), "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
                 "threads": torch.get_num_threads(),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
@@ -167,8 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every case (repeatable)",
+    )
     args = parser.parse_args(argv)
-    df = run(args.quick, Path(args.out), args.case, args.steps, args.batch, args.device)
+    df = run(args.quick, Path(args.out), args.case, args.steps, args.batch, args.device, args.set)
     print(df.to_string(index=False))
 
 

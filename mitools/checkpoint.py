@@ -332,7 +332,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(  # noqa: NPY002 (the global RNG is what must be restored)
         (
             npst["bit_generator"],
-            npst["keys"].numpy().astype(np.uint32),
+            npst["keys"].cpu().numpy().astype(np.uint32),  # cpu(): map_location may move it
             int(npst["pos"]),
             int(npst["has_gauss"]),
             float(npst["cached_gaussian"]),

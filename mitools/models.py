@@ -300,11 +300,18 @@ class MomentumEncoder(nn.Module):
                 torch._foreach_lerp_(t_params, [p.detach() for p in o_params], 1.0 - momentum)
             if self.buffers_mode == "own":
                 continue
-            for t_buf, o_buf in zip(target_mod.buffers(), online_mod.buffers(), strict=True):
-                if self.buffers_mode == "ema" and t_buf.is_floating_point():
-                    t_buf.lerp_(o_buf, 1.0 - momentum)
-                else:
-                    t_buf.copy_(o_buf)
+            pairs = list(zip(target_mod.buffers(), online_mod.buffers(), strict=True))
+            ema = [(t, o) for t, o in pairs if self.buffers_mode == "ema" and t.is_floating_point()]
+            copy = [
+                (t, o)
+                for t, o in pairs
+                if not (self.buffers_mode == "ema" and t.is_floating_point())
+            ]
+            # one multi-tensor kernel per kind instead of one launch per buffer
+            if ema:
+                torch._foreach_lerp_([t for t, _ in ema], [o for _, o in ema], 1.0 - momentum)
+            if copy:
+                torch._foreach_copy_([t for t, _ in copy], [o for _, o in copy])
 
 
 class StateDictMismatchError(ValueError):

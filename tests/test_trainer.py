@@ -254,7 +254,49 @@ def test_online_monitoring_does_not_change_training(tmp_path):
     assert sum('"knn_top1"' in line for line in lines) == 3  # it did evaluate every epoch
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_device_resident_data_gives_the_same_run(tmp_path):
+    # data.on_device indexes batches from one tensor instead of a DataLoader: same batches in the
+    # same order, so the same weights (CPU, deterministic).
+    train(tiny_cfg(tmp_path / "loader", ["data.on_device=false"]))
+    train(tiny_cfg(tmp_path / "resident", ["data.on_device=true"]))
+    _assert_same(_final_model(tmp_path / "loader" / "last.pt"),
+                 _final_model(tmp_path / "resident" / "last.pt"))  # fmt: skip
+
+
+def test_resident_loader_yields_the_sampler_batches():
+    from trainers.pretrain import DeviceResidentLoader, EpochBatchSampler
+
+    images = torch.arange(50.0).view(50, 1, 1, 1)
+    for start in (0, 2):
+        sampler = EpochBatchSampler(50, 8, seed=3, rank=1, world=2)
+        sampler.set_epoch(4, start_batch=start)
+        expected = list(sampler)
+        got = [x.view(-1).long().tolist() for x, _ in DeviceResidentLoader(images, sampler)]
+        assert got == expected and len(got) == 3 - start
+
+
+def test_on_device_and_graph_options_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="data.on_device=true needs data.augment=batch"):
+        preflight(tiny_cfg(tmp_path / "a", ["data.on_device=true", "data.augment=workers"]))
+    with pytest.raises(ConfigError, match="data.augment_graph=true needs CUDA"):
+        preflight(tiny_cfg(tmp_path / "b", ["data.augment_graph=true", "train.device=cpu"]))
+
+
+def test_deferred_read_back_logs_the_same_metrics(tmp_path):
+    train(tiny_cfg(tmp_path / "every", ["train.check_every_steps=1"]))
+    train(tiny_cfg(tmp_path / "deferred", ["train.check_every_steps=5"]))
+    a, b = (pretrain.read_metrics(tmp_path / n) for n in ("every", "deferred"))
+    drop = {"images_per_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in b
+    ]
+    assert len([r for r in a if r["kind"] == "step"]) == 4  # steps 2, 4, 6, 8 of 9
+
+
+@pytest.mark.parametrize("check_every", [1, 4], ids=["every-step", "deferred"])
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, check_every):
+    # Reading the loss back every 4 steps (the CUDA default is 50) must report the same step as
+    # reading it every step, and must not write a checkpoint past it.
     run = tmp_path / "nan"
     calls = {"n": 0}
     real = pretrain.ssl_loss
@@ -268,7 +310,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, step 4.*last.pt"
     ):
-        train(tiny_cfg(run))
+        train(tiny_cfg(run, [f"train.check_every_steps={check_every}", "train.log_every_steps=0"]))
     st = _state(run / "last.pt")
     assert (st["epoch"], st["step"]) == (1, 3)
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
@@ -282,13 +324,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 # The random baseline is the run's own initial encoder (digits_ssl.random_init_backbone).
 # Standardising matters: without it a random encoder's eval-mode BN (running stats 1/0 at init) gives tiny features and a constant loss
 # "improves" the probe by ~20 points just by recalibrating BN statistics.
-# The runs are the digits configs as shipped (30 epochs, batch 128: 330 steps). Measured (seed 0,
-# mean over the 5 label subsets): random init 89.5 %, EMI 94.9 % (+5.5), MIO 95.0 % (+5.5); raw
-# pixels give 88.0 %. Earlier settings for the record: batch 256 / EMI projector 64 / crop scale
-# (0.5, 1): EMI 93.0 %, MIO 93.2 %.
-# The 5 points hold at this seed, NOT at every seed: train.seed=1 gave random 90.0 %, EMI 94.5 %
-# (+4.6), MIO 93.6 % (+3.7); with 60 epochs EMI +5.1, MIO +4.0 (README, "Not verified").
-MARGIN = 5.0  # points, as the issue asks
+# The runs are the digits configs as shipped (30 epochs, batch 128: 330 steps). The gain varies
+# with the seed by about +-1.5 points (seed 1 draws other augmentations and batch orders), so the
+# check is on the mean over SEEDS, with a floor per seed. Measured on the CPU (mean over the 5
+# label subsets; random init / EMI / MIO): seed 0 89.5 / 94.9 (+5.5) / 95.0 (+5.5), seed 1
+# 90.0 / 94.5 (+4.6) / 93.6 (+3.7), seed 2 87.6 / 93.8 (+6.2) / 94.2 (+6.6); means EMI +5.4,
+# MIO +5.3. Raw pixels give 88.0 %. On an H100 (fp32, seeds 0-4): means EMI +5.6, MIO +5.4.
+MARGIN = 5.0  # points, as the issue asks: mean gain over SEEDS
+SEEDS = (0, 1, 2)
+FLOOR = 3.0  # points: every single seed must still help clearly
 
 
 def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tuple[float, float]:
@@ -306,19 +350,22 @@ def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tup
     return float(np.mean(probe_few_labels(random_init))), float(np.mean(probe_few_labels(trained)))
 
 
-@pytest.mark.parametrize(
-    "config,extra,should_help",
-    [
-        ("digits_emi.yaml", [], True),
-        ("digits_mio.yaml", [], True),
-        ("digits_emi.yaml", ["loss.name=constant", "loss.params={}"], False),
-    ],
-    ids=["emi", "mio", "constant-loss-control"],
-)
-def test_ssl_beats_random_init_on_digits(tmp_path, config, extra, should_help):
-    base, after = _ssl_gain(config, tmp_path / "run", extra)
-    print(f"{config} {extra}: random {base:.2f} -> trained {after:.2f}")
-    assert (after - base >= MARGIN) is should_help, (base, after)
+@pytest.mark.parametrize("config", ["digits_emi.yaml", "digits_mio.yaml"], ids=["emi", "mio"])
+def test_ssl_beats_random_init_on_digits(tmp_path, config):
+    gains = []
+    for seed in SEEDS:
+        base, after = _ssl_gain(config, tmp_path / f"s{seed}", [f"train.seed={seed}"])
+        print(f"{config} seed {seed}: random {base:.2f} -> trained {after:.2f}")
+        gains.append(after - base)
+    assert np.mean(gains) >= MARGIN and min(gains) >= FLOOR, gains
+
+
+def test_constant_loss_does_not_beat_random_init(tmp_path):
+    # the control: the same check fails when the loss is a constant (nothing is learned)
+    base, after = _ssl_gain(
+        "digits_emi.yaml", tmp_path / "run", ["loss.name=constant", "loss.params={}"]
+    )
+    assert after - base < FLOOR, (base, after)
 
 
 def test_linear_eval_cli_writes_json(tmp_path, capsys):
@@ -335,3 +382,22 @@ def test_linear_eval_cli_writes_json(tmp_path, capsys):
     assert 10.0 < res["linear_top1"] <= 100.0 and 10.0 < res["knn_top1"] <= 100.0
     assert linear_eval.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_augment_replays_the_eager_augmentation():
+    from mitools.data.augment import BatchAugment, preset_for
+    from trainers.pretrain import CudaGraphAugment
+
+    aug = BatchAugment(preset_for("cifar10")).cuda()
+    graphed = CudaGraphAugment(aug)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    graphed(x)  # capture
+    torch.cuda.manual_seed(7)
+    eager = aug(x)
+    torch.cuda.manual_seed(7)
+    replay = graphed(x)
+    for e, r in zip(eager, replay, strict=True):
+        torch.testing.assert_close(r, e, rtol=0, atol=1e-6)
+    again = graphed(x)  # fresh parameters on every replay
+    assert (again[0] - replay[0]).abs().max() > 0.1

@@ -59,6 +59,12 @@ class DataConfig:
     training device (per-sample random parameters; no worker processes), "workers" applies
     ``TwoViewTransform`` in DataLoader workers (CPU). ``preset`` defaults to the dataset's preset.
     ``batch_size`` is the GLOBAL batch (split evenly over DDP ranks).
+    ``on_device`` (``augment: batch`` only): keep the whole unaugmented pre-training split as one
+    tensor on the training device and index batches there (no DataLoader, no host-to-device copy
+    per step); None = automatic: on CUDA when it needs at most ``on_device_max_gib`` (CIFAR,
+    STL-10, Tiny-ImageNet, digits; not ImageNet-100).
+    ``augment_graph`` (CUDA, ``augment: batch``): replay the augmentation as a captured CUDA graph
+    (one launch instead of hundreds of small kernels; None = automatic: on CUDA).
     """
 
     name: str = "digits"
@@ -69,6 +75,9 @@ class DataConfig:
     batch_size: int = 256
     num_workers: int = 0
     pin_memory: bool = True
+    on_device: bool | None = None
+    on_device_max_gib: float = 16.0
+    augment_graph: bool | None = None
 
 
 @dataclass
@@ -146,7 +155,11 @@ class TrainConfig:
     """Loop settings. ``run_dir`` may use ``{data}``, ``{loss}``, ``{arch}``, ``{seed}``.
     ``amp``: "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off". ``device``: "auto",
     "cpu", "cuda". ``deterministic``: torch.use_deterministic_algorithms (CPU tests).
-    ``max_steps_per_epoch``: cap for smoke runs (0 = whole epoch)."""
+    ``max_steps_per_epoch``: cap for smoke runs (0 = whole epoch).
+    ``check_every_steps``: how often the loop reads the loss back from the device to check that it
+    is finite and to update the progress bar (0 = automatic: every step on CPU, every 50 steps
+    and at logging steps on CUDA, where each read stalls the launch queue). A non-finite loss is
+    still reported with the step where it first occurred, and always before a checkpoint."""
 
     epochs: int = 10
     seed: int = 0
@@ -159,6 +172,7 @@ class TrainConfig:
     log_every_steps: int = 50
     checkpoint_every_epochs: int = 0
     max_steps_per_epoch: int = 0
+    check_every_steps: int = 0
     progress: bool = True
     tensorboard: bool = True
 

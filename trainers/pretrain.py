@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -53,6 +54,9 @@ from trainers.config import (
 
 __all__ = [
     "ConstantLoss",
+    "CudaGraphAugment",
+    "materialise_on_device",
+    "DeviceResidentLoader",
     "EpochBatchSampler",
     "NonFiniteLossError",
     "TwoViewModel",
@@ -123,14 +127,92 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         return (self.n // self.world) // self.batch_size - self.start_batch
 
-    def __iter__(self):
+    def index_matrix(self) -> Tensor:
+        """The remaining batches of the epoch as one (batches, batch_size) int64 tensor."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
         per_rank = self.n // self.world
         mine = perm[: per_rank * self.world][self.rank :: self.world]
         n_batches = per_rank // self.batch_size
-        for b in range(self.start_batch, n_batches):
-            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+        b = self.batch_size
+        return mine[self.start_batch * b : n_batches * b].view(-1, b)
+
+    def __iter__(self):
+        yield from self.index_matrix().tolist()
+
+
+class DeviceResidentLoader:
+    """Batches indexed from one tensor already on the training device (``data.on_device``).
+
+    Same batches, in the same order, as a DataLoader over the dataset with the same
+    :class:`EpochBatchSampler`; yields ``(images, None)``. The epoch's indices travel to the
+    device once per epoch.
+    """
+
+    def __init__(self, images: Tensor, sampler: EpochBatchSampler) -> None:
+        self.images, self.sampler = images, sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        idx = self.sampler.index_matrix().to(self.images.device, non_blocking=False)
+        for row in idx:
+            yield self.images.index_select(0, row), None
+
+
+def _dataset_gib(dataset) -> float:
+    item = torch.as_tensor(dataset[0][0])
+    return len(dataset) * item.numel() * item.element_size() / 2**30
+
+
+def materialise_on_device(dataset, device: torch.device, num_workers: int = 0) -> Tensor:
+    """Every item's image of ``dataset`` (fixed-size tensors) stacked into one tensor on ``device``."""
+    from torch.utils.data import DataLoader
+
+    first = torch.as_tensor(dataset[0][0])
+    out = torch.empty((len(dataset), *first.shape), dtype=first.dtype, device=device)
+    loader = DataLoader(dataset, batch_size=1024, shuffle=False, num_workers=num_workers)
+    i = 0
+    for x, _ in loader:
+        out[i : i + x.shape[0]].copy_(x)
+        i += x.shape[0]
+    return out
+
+
+class CudaGraphAugment:
+    """Replays a batch augmentation captured as a CUDA graph, one graph per input shape/dtype.
+
+    The eager augmentation launches hundreds of small kernels per batch, so it is bound by host
+    time; a graph replay is one launch. Random draws come from the default CUDA generator, which
+    graphs support (each replay advances its offset, so every batch gets fresh parameters).
+    Capture warms up twice on a side stream, drawing from the generator: a CUDA run is therefore
+    not bitwise the eager run with the same seed (CUDA runs are not bitwise reproducible anyway).
+    Outputs are cloned, so a later replay cannot overwrite tensors the caller still holds.
+    """
+
+    def __init__(self, augment: nn.Module) -> None:
+        self.augment = augment
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            static_in = x.clone()
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.augment(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.augment(static_in)
+            self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, (v1, v2) = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return v1.clone(), v2.clone()
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -156,7 +238,7 @@ def _loss_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
     """The loss module; ``gather_distributed`` is set for batch-coupled losses under DDP."""
-    from mitools.losses import BATCH_COUPLED, build_loss
+    from mitools.losses import BATCH_COUPLED, LOSSES, build_loss
 
     check_loss_params(cfg.loss.name, cfg.loss.params)
     if cfg.loss.name == "constant":
@@ -166,6 +248,11 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
         params["gather_distributed"] = bool(cfg.loss.gather_distributed and world > 1)
     if cfg.loss.name == "byol" and cfg.model.momentum_encoder:
         params.setdefault("stop_gradient", True)
+    loss_cls = LOSSES.get(cfg.loss.name.lower().replace("-", "_"))
+    if loss_cls is not None and "check_finite" in inspect.signature(loss_cls.__init__).parameters:
+        # The loop checks the loss itself (NonFiniteLossError); the loss's own input check
+        # would synchronise with the device on every step.
+        params.setdefault("check_finite", False)
     try:
         return build_loss(cfg.loss.name, **params)
     except (TypeError, ValueError) as exc:
@@ -187,6 +274,11 @@ def preflight(cfg: Config) -> Path:
         raise ConfigError(f"data.name: {exc}") from exc
     checks = [
         (cfg.data.augment in ("batch", "workers"), "data.augment must be 'batch' or 'workers'"),
+        (not (cfg.data.on_device and cfg.data.augment != "batch"),
+         "data.on_device=true needs data.augment=batch (workers augment on the CPU)"),
+        (cfg.train.check_every_steps >= 0, "train.check_every_steps must be >= 0"),
+        (not (cfg.data.augment_graph and (cfg.train.device == "cpu" or not torch.cuda.is_available())),
+         "data.augment_graph=true needs CUDA (a captured CUDA graph); use null or false on CPU"),
         (cfg.data.preset is None or cfg.data.preset in PRESET_NAMES, f"data.preset: one of {PRESET_NAMES}"),
         (cfg.optim.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),
         (cfg.optim.lr_scaling in ("none", "linear", "sqrt"), "optim.lr_scaling: none|linear|sqrt"),
@@ -299,14 +391,47 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
     return records
 
 
-def _terms(loss_fn: nn.Module) -> dict[str, float]:
-    out = {}
+def _device_terms(loss_fn: nn.Module, loss: Tensor) -> tuple[list[str], Tensor, dict[str, float]]:
+    """The loss and the loss module's scalar ``last_terms``: names, their values stacked on the
+    device (float64, no host synchronisation) and the terms that are already Python numbers."""
+    names, values, plain = ["loss"], [loss.detach().double().reshape(())], {}
     for k, v in getattr(loss_fn, "last_terms", {}).items():
+        if k == "loss":
+            continue
         if isinstance(v, Tensor) and v.numel() == 1:
-            out[k] = float(v)
+            names.append(k)
+            values.append(v.detach().double().reshape(()))
         elif isinstance(v, (int, float)):
-            out[k] = float(v)
-    return out
+            plain[k] = float(v)
+    return names, torch.stack(values), plain
+
+
+def _read_back(
+    pending: list[tuple[int, list[str], Tensor, dict[str, float]]],
+) -> list[tuple[int, dict[str, float]]]:
+    """``(step, {name: value})`` for each pending step, in order, with ONE device-to-host copy."""
+    flat = torch.cat([values for _, _, values, _ in pending]).tolist()
+    rows, at = [], 0
+    for step_no, names, _, plain in pending:
+        terms = dict(zip(names, flat[at : at + len(names)], strict=True))
+        rows.append((step_no, {**terms, **plain}))
+        at += len(names)
+    return rows
+
+
+def _first_non_finite(rows: list[tuple[int, dict[str, float]]]):
+    return next((row for row in rows if not math.isfinite(row[1]["loss"])), None)
+
+
+def _non_finite_message(bad, epoch: int, run_dir: Path) -> str:
+    where = "on another rank"
+    if bad is not None:
+        where = f"({bad[1]['loss']}) at epoch {epoch + 1}, step {bad[0]}"
+    last = run_dir / "last.pt"
+    return (
+        f"non-finite loss {where}: stopping; last good checkpoint kept: "
+        f"{last if last.exists() else 'none written yet'}"
+    )
 
 
 def ssl_loss(
@@ -423,6 +548,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if use_cuda else "off")
+    check_every = cfg.train.check_every_steps or (50 if use_cuda else 1)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     channels_last = use_cuda and cfg.train.channels_last
     if cfg.data.batch_size % ddp.world:
@@ -447,11 +573,26 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     # Private generator for the loader's worker seeds, re-seeded per (epoch, rank): creating an
     # iterator then leaves the global RNG (augmentation, stored in checkpoints) untouched.
     loader_gen = torch.Generator()
-    loader = DataLoader(
-        train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=cfg.data.pin_memory and use_cuda, persistent_workers=False,
-        generator=loader_gen,
-    )  # fmt: skip
+    on_device = cfg.data.on_device
+    if on_device is None:
+        on_device = (
+            use_cuda
+            and batch_aug is not None
+            and _dataset_gib(train_set) <= cfg.data.on_device_max_gib
+        )
+    if on_device:
+        images = materialise_on_device(train_set, device, cfg.data.num_workers)
+        loader = DeviceResidentLoader(images, sampler)
+    else:
+        loader = DataLoader(
+            train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+            pin_memory=cfg.data.pin_memory and use_cuda, persistent_workers=False,
+            generator=loader_gen,
+        )  # fmt: skip
+    augment = batch_aug
+    graph_aug = cfg.data.augment_graph if cfg.data.augment_graph is not None else use_cuda
+    if batch_aug is not None and graph_aug and use_cuda:
+        augment = CudaGraphAugment(batch_aug)
     probe_sets = None
     if cfg.eval.every_epochs > 0 and ddp.main:
         from mitools.data.augment import eval_transform
@@ -576,12 +717,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             if show:
                 bar = progress(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
             t0, seen, sums = time.perf_counter(), 0, {}
+            pending: list[tuple[int, list[str], Tensor, dict[str, float]]] = []
             for i, (batch, _) in enumerate(loader):
                 if i >= n_steps:
                     break
-                if batch_aug is not None:
-                    x = batch.to(device, non_blocking=True)
-                    x1, x2 = batch_aug(x)
+                if augment is not None:
+                    x1, x2 = augment(batch.to(device, non_blocking=True))
                 else:
                     x1, x2 = (v.to(device, non_blocking=True) for v in batch)
                 if channels_last:
@@ -590,22 +731,20 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 if mec_lamda is not None:
                     warm = cfg.loss.mec_warmup_epochs * steps_per_epoch
                     loss_fn.lamda_inv = mec_lamda[1](step, warm, mec_lamda[0])
-                with autocast:
-                    out = fwd(x1, x2)
-                    targets = None
-                    if target is not None:
-                        targets = (target(x1)[1], target(x2)[1])
-                    loss = ssl_loss(cfg, loss_fn, out, targets)
-                bad = (~torch.isfinite(loss.detach())).float()
-                if ddp.world > 1:
-                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-                if bad.item() > 0:
-                    last = run_dir / "last.pt"
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step}: "
-                        f"stopping; last good checkpoint kept: "
-                        f"{last if last.exists() else 'none written yet'}"
-                    )
+                try:
+                    with autocast:
+                        out = fwd(x1, x2)
+                        targets = None
+                        if target is not None:
+                            targets = (target(x1)[1], target(x2)[1])
+                        loss = ssl_loss(cfg, loss_fn, out, targets)
+                except (ValueError, RuntimeError) as exc:
+                    # a non-finite loss not yet read back poisons the weights, and the next
+                    # forward may fail first (NaN inputs to the loss): report the real cause
+                    bad = _first_non_finite(_read_back(pending)) if pending else None
+                    if bad is not None:
+                        raise NonFiniteLossError(_non_finite_message(bad, epoch, run_dir)) from exc
+                    raise
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if o.grad_clip is not None:
@@ -619,28 +758,44 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                         step, total_steps, cfg.model.momentum_base, cfg.model.momentum_final
                     )
                     target.update(model, m)
+                # The loss and its terms stay on the device until the next read-back: reading
+                # them every step would stall the CUDA launch queue once per step.
+                pending.append((step, *_device_terms(loss_fn, loss)))
                 step += 1
                 seen += x1.shape[0] * ddp.world
-                terms = _terms(loss_fn)
-                terms["loss"] = float(loss.detach())
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+                log_now = cfg.train.log_every_steps > 0 and step % cfg.train.log_every_steps == 0
+                if not (
+                    log_now
+                    or i + 1 == n_steps
+                    or len(pending) >= check_every
+                    or (ddp.world == 1 and stop.requested)
+                ):
+                    continue
+                # --- read-back: non-finite check (before any checkpoint), sums, logs, signals
+                rows = _read_back(pending)
+                pending.clear()
+                first_bad = _first_non_finite(rows)
+                flags = [float(first_bad is not None), float(stop.requested)]
+                if ddp.world > 1:
+                    flags_t = torch.tensor(flags, device=device)
+                    dist.all_reduce(flags_t, op=dist.ReduceOp.MAX)
+                    flags = flags_t.tolist()
+                if flags[0] > 0:
+                    raise NonFiniteLossError(_non_finite_message(first_bad, epoch, run_dir))
+                stop_now = flags[1] > 0
+                for _, terms in rows:
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
                 ips = seen / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{ips:.0f}")
-                    bar.update(1)
-                if (
-                    ddp.main
-                    and cfg.train.log_every_steps > 0
-                    and step % cfg.train.log_every_steps == 0
-                ):
+                if ddp.main and log_now:
                     rec = {"kind": "step", "epoch": epoch, "step": step,
                            "lr": scheduler.get_last_lr()[0], "images_per_s": ips, **terms}  # fmt: skip
                     metrics.log(rec, step)
-                stop_now = torch.tensor(float(stop.requested))
-                if ddp.world > 1:
-                    dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-                if stop_now.item() > 0:
+                if stop_now:
                     path = checkpoint("last.pt", batch_in_epoch + i + 1)
                     if ddp.main:
                         print(
