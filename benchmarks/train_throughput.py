@@ -73,6 +73,10 @@ def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]
     from mitools.models import EncoderSpec, SSLModel
 
     spec = get_spec(cfg.data.name)
+    if device.type == "cuda":  # the backend settings trainers.pretrain.train uses
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).to(device)
     cl = device.type == "cuda" and cfg.train.channels_last
     if cl:
