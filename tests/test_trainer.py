@@ -4,7 +4,6 @@ kNN / linear probe against brute force, and the digits check that SSL beats rand
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -215,7 +214,9 @@ def test_resume_is_exact_after_epoch_and_after_sigterm(tmp_path, monkeypatch):
     def loss_then_signal(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            # raise_signal: delivered to this (the main) thread at once; os.kill may land on
+            # another thread of the process and be handled a few bytecodes later
+            signal.raise_signal(signal.SIGTERM)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pretrain, "ssl_loss", loss_then_signal)
