@@ -214,8 +214,7 @@ def test_resume_is_exact_after_epoch_and_after_sigterm(tmp_path, monkeypatch):
     def loss_then_signal(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
-            # raise_signal: delivered to this (the main) thread at once; os.kill may land on
-            # another thread of the process and be handled a few bytecodes later
+            # raise_signal: delivered to this (the main) thread, handled before it returns
             signal.raise_signal(signal.SIGTERM)
         return real(*args, **kwargs)
 
