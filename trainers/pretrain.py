@@ -17,6 +17,11 @@ Resuming is exact on CPU with ``train.deterministic`` and ``data.num_workers=0``
 of epoch e is a permutation seeded by ``(seed, e)`` (sharded over ranks like DistributedSampler),
 augmentation draws from the global RNG, whose state the checkpoint stores.
 
+On CUDA the two views come from a dataset resident on the GPU (``data.on_device``), augmented by
+a CUDA-graph replay of :class:`~mitools.data.augment.BatchAugment` (``data.augment_graph``), and
+the loss is read back to the host every ``train.check_every_steps`` steps (50; every step on CPU),
+so the host can queue work ahead of the GPU.
+
 Loss dispatch (``ssl_loss``): without a momentum encoder, ``loss(p1, p2)`` where p is the
 predictor output if the encoder has a predictor, else the projection z. With one (targets t1, t2
 from the EMA encoder, no gradient): byol and mec take ``loss(p1, p2, t1, t2)`` natively; other
