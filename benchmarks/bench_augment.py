@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mitools.data._augment_reference import (
     reference_forward as _reference_forward,
 )
-from mitools.data.augment import PRESET_NAMES, BatchAugment, get_preset
+from mitools.data.augment import PRESET_NAMES, BatchAugment, CudaGraphAugment, get_preset
 
 _VIEW_OPS = {
     "alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "split",
@@ -72,22 +72,16 @@ def time_ms(fn, device: torch.device, repeats: int) -> float:
 
 
 def time_graph_ms(aug: BatchAugment, x: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """(ms per replay of the captured forward, max |replay - eager| at the same RNG state)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            aug(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = aug(x)
+    """(ms per call of :class:`CudaGraphAugment`, the replay the trainer uses: copy in, replay,
+    clone out; max |replay - eager| at the same RNG state)."""
+    graphed = CudaGraphAugment(aug)
+    graphed(x)  # capture
     torch.cuda.manual_seed(123)
     eager = aug(x)
     torch.cuda.manual_seed(123)
-    graph.replay()
-    diff = max((a - b).abs().max().item() for a, b in zip(static, eager, strict=True))
-    return time_ms(graph.replay, x.device, repeats), diff
+    replay = graphed(x)
+    diff = max((a - b).abs().max().item() for a, b in zip(replay, eager, strict=True))
+    return time_ms(lambda: graphed(x), x.device, repeats), diff
 
 
 def run(

@@ -38,7 +38,7 @@ import torch
 
 from analysis._common import write_table
 from trainers.config import load_config
-from trainers.pretrain import TwoViewModel, train
+from trainers.pretrain import TwoViewModel, configure_cuda_backends, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 
@@ -73,10 +73,8 @@ def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]
     from mitools.models import EncoderSpec, SSLModel
 
     spec = get_spec(cfg.data.name)
-    if device.type == "cuda":  # the backend settings trainers.pretrain.train uses
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        configure_cuda_backends(cfg)  # as trainers.pretrain.train
     model = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).to(device)
     cl = device.type == "cuda" and cfg.train.channels_last
     if cl:

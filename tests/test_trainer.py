@@ -386,8 +386,7 @@ def test_linear_eval_cli_writes_json(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_augment_replays_the_eager_augmentation():
-    from mitools.data.augment import BatchAugment, preset_for
-    from trainers.pretrain import CudaGraphAugment
+    from mitools.data.augment import BatchAugment, CudaGraphAugment, preset_for
 
     aug = BatchAugment(preset_for("cifar10")).cuda()
     graphed = CudaGraphAugment(aug)

@@ -59,13 +59,13 @@ from trainers.config import (
 
 __all__ = [
     "ConstantLoss",
-    "CudaGraphAugment",
     "materialise_on_device",
     "DeviceResidentLoader",
     "EpochBatchSampler",
     "NonFiniteLossError",
     "TwoViewModel",
     "build_loss_from_config",
+    "configure_cuda_backends",
     "preflight",
     "resolve_run_dir",
     "ssl_loss",
@@ -183,41 +183,6 @@ def materialise_on_device(dataset, device: torch.device, num_workers: int = 0) -
         out[i : i + x.shape[0]].copy_(x)
         i += x.shape[0]
     return out
-
-
-class CudaGraphAugment:
-    """Replays a batch augmentation captured as a CUDA graph, one graph per input shape/dtype.
-
-    The eager augmentation launches hundreds of small kernels per batch, so it is bound by host
-    time; a graph replay is one launch. Random draws come from the default CUDA generator, which
-    graphs support (each replay advances its offset, so every batch gets fresh parameters).
-    Capture warms up twice on a side stream, drawing from the generator: a CUDA run is therefore
-    not bitwise the eager run with the same seed (CUDA runs are not bitwise reproducible anyway).
-    Outputs are cloned, so a later replay cannot overwrite tensors the caller still holds.
-    """
-
-    def __init__(self, augment: nn.Module) -> None:
-        self.augment = augment
-        self.graphs: dict[tuple, tuple] = {}
-
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        key = (tuple(x.shape), x.dtype, x.device)
-        if key not in self.graphs:
-            static_in = x.clone()
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self.augment(static_in)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.augment(static_in)
-            self.graphs[key] = (graph, static_in, static_out)
-        graph, static_in, (v1, v2) = self.graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return v1.clone(), v2.clone()
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -338,6 +303,13 @@ def _init_distributed(device_kind: str) -> _Dist:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def configure_cuda_backends(cfg: Config) -> None:
+    """cuDNN autotuning (off in deterministic mode) and TF32 matmuls/convolutions, as training."""
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def _seed_all(seed: int) -> None:
@@ -529,6 +501,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     )
     from mitools.data.augment import (
         BatchAugment,
+        CudaGraphAugment,
         TwoViewTransform,
         get_preset,
         loader_transform,
@@ -546,9 +519,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     device = torch.device(f"cuda:{ddp.local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = not cfg.train.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_backends(cfg)
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -69,6 +69,7 @@ __all__ = [
     "TwoViewTransform",
     "view_transform",
     "BatchAugment",
+    "CudaGraphAugment",
     "apply_view_params_cpu",
     "normalize",
     "eval_transform",
@@ -870,6 +871,41 @@ class BatchAugment(nn.Module):
         self, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.augment_view(x, 1, generator), self.augment_view(x, 2, generator)
+
+
+class CudaGraphAugment:
+    """Replays a batch augmentation captured as a CUDA graph, one graph per input shape/dtype.
+
+    The eager augmentation launches hundreds of small kernels per batch, so it is bound by host
+    time; a graph replay is one launch. Random draws come from the default CUDA generator, which
+    graphs support (each replay advances its offset, so every batch gets fresh parameters).
+    Capture warms up twice on a side stream, drawing from the generator: a CUDA run is therefore
+    not bitwise the eager run with the same seed (CUDA runs are not bitwise reproducible anyway).
+    Outputs are cloned, so a later replay cannot overwrite tensors the caller still holds.
+    """
+
+    def __init__(self, augment: BatchAugment) -> None:
+        self.augment = augment
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self.graphs:
+            static_in = x.clone()
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.augment(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.augment(static_in)
+            self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, (v1, v2) = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return v1.clone(), v2.clone()
 
 
 # ----------------------------------------------------------------------------- helpers

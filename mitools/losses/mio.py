@@ -117,18 +117,18 @@ def mio_loss(
     # row-major order boolean indexing gives.
     s_pos = torch.cat([S.diagonal(n), S.diagonal(-n)])
     positive = F.softplus(-s_pos / tau_p).mean()
-    _, neg = _masks(n, u.device, negatives)
-    neg_w = neg.to(S.dtype)
-    n_neg = neg_w.sum()
+    # counts are known: 2N - 2 negatives per row ("all") or N - 1 ("cross_view")
+    neg_w = _masks(n, u.device, negatives)[1].to(S.dtype)
+    n_neg = 2 * n * (2 * n - 2 if negatives == "all" else n - 1)
     if remove_positive_repulsion:
         c = 0.5 * (u[:n] + u[n:])
-        G = c @ c.T
-        sims, w = G, (~torch.eye(n, dtype=torch.bool, device=u.device)).to(S.dtype)
+        sims, w = c @ c.T, 1.0 - torch.eye(n, dtype=S.dtype, device=u.device)
+        count = n * (n - 1)
     else:
-        sims, w = S, neg_w
+        sims, w, count = S, neg_w, n_neg
     if negative_bound is not None:
         sims = torch.clamp(sims, max=negative_bound)
-    negative = (F.softplus(sims / tau_n) * w).sum() / w.sum()
+    negative = (F.softplus(sims / tau_n) * w).sum() / count
     if mse_on == "raw":
         mse = F.mse_loss(z1, z2)
     else:
