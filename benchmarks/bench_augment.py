@@ -16,41 +16,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import Counter
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mitools.data._augment_reference import (
     reference_forward as _reference_forward,
 )
 from mitools.data.augment import PRESET_NAMES, BatchAugment, CudaGraphAugment, get_preset
-
-_VIEW_OPS = {
-    "alias", "as_strided", "detach", "expand", "permute", "reshape", "select", "slice", "split",
-    "squeeze", "t", "transpose", "unbind", "unsqueeze", "view", "_unsafe_view",
-}  # fmt: skip
-
+from mitools.op_trace import OpCounter
 
 # ----------------------------------------------------------------------------- benchmark
 
 
-class _OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_ops(fn) -> tuple[int, int]:
     """(all ATen ops, ops that are not views) run by ``fn()``."""
-    with _OpCounter() as counter:
+    with OpCounter() as counter:
         fn()
-    total = sum(counter.counts.values())
-    return total, total - sum(v for k, v in counter.counts.items() if k in _VIEW_OPS)
+    return counter.total, counter.launches
 
 
 def _sync(device: torch.device) -> None:

@@ -9,7 +9,10 @@ For each case (a trainer config):
 (a) ceiling: forward + backward of both views through the encoder (``TwoViewModel``) on
     synthetic tensors already on the device, a trivial loss (mean of z^2), same AMP /
     channels_last / ``train.compile`` settings as the trainer; no data, no augmentation, no
-    optimiser step.
+    optimiser step. For a config with a momentum encoder (``model.momentum_encoder``) the
+    ceiling also runs the target network's forward of both views (no gradient), as the trainer
+    does: that is model compute of the method, not pipeline overhead. ``--ceiling online`` leaves
+    it out (the online network only), which is what the ceiling measured before 2026-11-23.
 (b) pipeline: the real loop of ``trainers.pretrain.train`` (DataLoader, two augmented views,
     the SSL loss, optimiser and schedule, EMA target when configured, non-finite check,
     logging), timed over the second of two epochs of ``--steps`` steps (the first warms up),
@@ -67,10 +70,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]:
-    """Images/s of forward+backward of both views on synthetic on-device tensors."""
+def ceiling(
+    cfg, device: torch.device, steps: int, with_target: bool = True
+) -> tuple[float, float | None]:
+    """Images/s of forward+backward of both views on synthetic on-device tensors (plus the
+    momentum encoder's forward when the config has one and ``with_target``)."""
     from mitools.data.datasets import get_spec
-    from mitools.models import EncoderSpec, SSLModel
+    from mitools.models import EncoderSpec, MomentumEncoder, SSLModel
 
     spec = get_spec(cfg.data.name)
     if device.type == "cuda":
@@ -80,6 +86,9 @@ def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]
     if cl:
         model = model.to(memory_format=torch.channels_last)
     net = TwoViewModel(model).train()
+    target = None
+    if with_target and cfg.model.momentum_encoder:
+        target = MomentumEncoder(model, buffers=cfg.model.momentum_buffers)
     if cfg.train.compile:  # same model code as the pipeline compiles
         net = torch.compile(net)
     b, s = cfg.data.batch_size, spec.image_size
@@ -95,6 +104,8 @@ def ceiling(cfg, device: torch.device, steps: int) -> tuple[float, float | None]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = net(x1, x2)
             loss = out[4].float().square().mean() + out[5].float().square().mean()
+            if target is not None:  # as the trainer: the target's forward, no gradient
+                target(x1), target(x2)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -130,6 +141,7 @@ def run(
     batch: int | None = None,
     device: str | None = None,
     extra: list[str] | None = None,
+    ceiling_kind: str = "full",
 ) -> pd.DataFrame:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = cases or ["digits_emi", "cifar10_mio"]
@@ -152,12 +164,15 @@ def run(
                     "data.num_workers=0" if dev.type == "cpu" else "data.num_workers=8",
                 ]
             cfg = load_config(CONFIGS / f"{case}.yaml", overrides + list(extra or []))
-            a_ips, a_mem = ceiling(cfg, dev, max(steps, 5))
+            with_target = ceiling_kind == "full"
+            a_ips, a_mem = ceiling(cfg, dev, max(steps, 5), with_target=with_target)
             b_ips, b_mem = pipeline(cfg, dev)
             rows.append({
                 "case": case, "arch": cfg.model.arch, "loss": cfg.loss.name, "batch": b,
                 "device": str(dev), "ceiling_img_s": a_ips, "pipeline_img_s": b_ips,
-                "ratio": b_ips / a_ips, "amp": cfg.train.amp, "compile": cfg.train.compile,
+                "ratio": b_ips / a_ips,
+                "ceiling_includes_target": bool(with_target and cfg.model.momentum_encoder),
+                "amp": cfg.train.amp, "compile": cfg.train.compile,
                 "augment": cfg.data.augment, "extra": " ".join(extra or []), "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
                 "threads": torch.get_num_threads(),
             })  # fmt: skip
@@ -182,8 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="config override for every case (repeatable)",
     )
+    parser.add_argument(
+        "--ceiling",
+        choices=("full", "online"),
+        default="full",
+        help="full: the ceiling includes a momentum encoder's forward when the config has one "
+        "(default); online: the online network only",
+    )
     args = parser.parse_args(argv)
-    df = run(args.quick, Path(args.out), args.case, args.steps, args.batch, args.device, args.set)
+    df = run(
+        args.quick, Path(args.out), args.case, args.steps, args.batch, args.device, args.set,
+        args.ceiling,
+    )  # fmt: skip
     print(df.to_string(index=False))
 
 

@@ -34,6 +34,7 @@ Conventions: natural logarithms (nats); matrices are batched over leading dimens
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Literal
@@ -41,6 +42,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+
+from mitools._lazy_buffers import LazyBuffersMixin
 
 __all__ = [
     "logdet_exact",
@@ -83,7 +86,7 @@ def reset_violation_warnings() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _as_matrix(C, name: str = "C") -> Tensor:
+def _as_matrix(C, name: str = "C", check_finite: bool = True) -> Tensor:
     if isinstance(C, np.ndarray):
         C = torch.from_numpy(C)
     if not isinstance(C, Tensor):
@@ -98,7 +101,7 @@ def _as_matrix(C, name: str = "C") -> Tensor:
         raise ValueError(f"{name} must be square in its last two dims, got shape {tuple(C.shape)}")
     if C.shape[-1] == 0:
         raise ValueError(f"{name} is empty (d = 0), got shape {tuple(C.shape)}")
-    if not bool(torch.isfinite(C.detach()).all()):
+    if check_finite and not bool(torch.isfinite(C.detach()).all()):
         bad = int((~torch.isfinite(C.detach())).sum())
         raise ValueError(f"{name} has {bad} non-finite entries (NaN or inf)")
     return C
@@ -181,28 +184,41 @@ def gershgorin_upper_bound(C: Tensor) -> Tensor:
     return C.detach().abs().sum(-1).amax(-1)
 
 
+@functools.lru_cache(maxsize=64)
+def _start_vector(d: int, dtype: torch.dtype, device: torch.device, seed: int) -> Tensor:
+    """The fixed Gaussian start vector of power iteration, built once per (d, dtype, device):
+    drawing it on the host and copying it over on every call would synchronise with a GPU."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    return v / v.norm()
+
+
+def _power_iterate(A: Tensor, v: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """``iters`` normalised products ``v <- A v / |A v|`` from unit v (..., d, 1); returns the
+    Rayleigh quotient ``v' A v`` (shape ``A.shape[:-2]``) and the final v."""
+    tiny = torch.finfo(A.dtype).tiny
+    for _ in range(iters):
+        w = A @ v
+        v = w / w.norm(dim=-2, keepdim=True).clamp_min(tiny)
+    return (v.mT @ A @ v)[..., 0, 0], v
+
+
 def lambda_max_power(C: Tensor, iters: int = 20, *, seed: int = 0) -> Tensor:
     """Largest eigenvalue of symmetric PSD C by power iteration (Rayleigh quotient), detached.
 
     Starts from a fixed Gaussian vector (``seed``) so the estimate is reproducible. The Rayleigh
     quotient never exceeds lambda_max, so this is an under-estimate; callers multiply by a safety
-    factor. Cost: ``iters`` matrix-vector products.
+    factor. Cost: ``iters`` matrix-vector products, no host synchronisation.
     """
     if iters < 1:
         raise ValueError(f"power iterations must be >= 1, got {iters}")
     A = C.detach()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(A.shape[-1], generator=gen, dtype=torch.float64).to(A.dtype).to(A.device)
-    v = v.expand(*A.shape[:-1]).unsqueeze(-1).clone()  # (..., d, 1)
-    v = v / v.norm(dim=-2, keepdim=True)
-    for _ in range(iters):
-        w = A @ v
-        norm = w.norm(dim=-2, keepdim=True)
-        v = w / norm.clamp_min(torch.finfo(A.dtype).tiny)
-    return (v.mT @ A @ v)[..., 0, 0]
+    v = _start_vector(A.shape[-1], A.dtype, A.device, seed)
+    v = v.expand(*A.shape[:-1]).unsqueeze(-1)  # (..., d, 1)
+    return _power_iterate(A, v, iters)[0]
 
 
-class RunningScale(torch.nn.Module):
+class RunningScale(LazyBuffersMixin, torch.nn.Module):
     """Exponential moving average of the largest eigenvalue across calls (EMI's "moving average
     tracks the eigenvalue scale"), for use as ``logdet_taylor(C, scale=running)``.
 
@@ -210,6 +226,17 @@ class RunningScale(torch.nn.Module):
     the first call sets ``value = est``, later calls ``value <- momentum * value +
     (1 - momentum) * est``. The scale returned is ``safety * value``. In eval mode the buffer is
     not updated. ``value`` (and ``initialized``) are buffers, so they go into ``state_dict``.
+    A training-mode call never synchronises with the device (the first-call branch is a
+    ``torch.where`` on the ``initialized`` buffer).
+
+    ``warm_iters`` (default None: every call runs ``power_iters`` steps from the same fixed start
+    vector): after the first training call, start power iteration from the previous call's
+    eigenvector estimate and run only ``warm_iters`` steps. Covariances change little from one
+    training step to the next, so a few steps from the previous vector match many cold ones at a
+    fraction of the operators (each step is four kernel launches, which dominate the EMI loss on a
+    GPU at small sizes). The vector is the buffer ``vector`` (in ``state_dict`` only with
+    ``warm_iters``, so an exact resume continues the same sequence). Both ways the estimate is a
+    Rayleigh quotient: it never exceeds lambda_max.
 
     Because the EMA lags, a spectrum that grows fast can leave the convergence region; the
     current estimate ``last_estimate`` is kept so ``logdet_taylor`` can check the ratio cheaply.
@@ -221,8 +248,15 @@ class RunningScale(torch.nn.Module):
 
     value: Tensor
     initialized: Tensor
+    vector: Tensor
 
-    def __init__(self, momentum: float = 0.99, safety: float = 1.05, power_iters: int = 20):
+    def __init__(
+        self,
+        momentum: float = 0.99,
+        safety: float = 1.05,
+        power_iters: int = 20,
+        warm_iters: int | None = None,
+    ):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
@@ -230,25 +264,44 @@ class RunningScale(torch.nn.Module):
             raise ValueError(f"safety must be > 0, got {safety}")
         if power_iters < 1:
             raise ValueError(f"power_iters must be >= 1, got {power_iters}")
+        if warm_iters is not None and not (isinstance(warm_iters, int) and warm_iters >= 1):
+            raise ValueError(f"warm_iters must be None or an int >= 1, got {warm_iters!r}")
         self.momentum = float(momentum)
         self.safety = float(safety)
         self.power_iters = int(power_iters)
+        self.warm_iters = warm_iters
         self.register_buffer("value", torch.zeros((), dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("vector", torch.empty(0), persistent=warm_iters is not None)
         self.last_estimate: Tensor | None = None
+
+    def _estimate(self, A: Tensor) -> Tensor:
+        warm = self.warm_iters is not None and self.training and self.vector.numel() > 0
+        if warm:
+            if self.vector.shape != (*A.shape[:-1], 1):
+                raise ValueError(
+                    f"RunningScale warm start: the stored vector has shape "
+                    f"{tuple(self.vector.shape)} but C has shape {tuple(A.shape)}"
+                )
+            start, iters = self.vector.to(dtype=A.dtype, device=A.device), self.warm_iters
+        else:
+            start = _start_vector(A.shape[-1], A.dtype, A.device, 0)
+            start, iters = start.expand(*A.shape[:-1]).unsqueeze(-1), self.power_iters
+        est, v = _power_iterate(A, start, iters)
+        if self.warm_iters is not None and self.training:
+            self.vector = v.clone(memory_format=torch.contiguous_format)
+        return est
 
     @torch.no_grad()
     def update(self, C: Tensor) -> Tensor:
         """Estimate lambda_max of C (max over leading dims), update the EMA (training mode only),
         and return the scale ``safety * value`` (float64 scalar tensor)."""
-        est = lambda_max_power(C, self.power_iters).amax().to(torch.float64).to(self.value.device)
+        est = self._estimate(C.detach()).amax().to(torch.float64).to(self.value.device)
         self.last_estimate = est
         if self.training:
-            if bool(self.initialized):
-                self.value.mul_(self.momentum).add_((1.0 - self.momentum) * est)
-            else:
-                self.value.copy_(est)
-                self.initialized.fill_(True)
+            blended = self.value * self.momentum + (1.0 - self.momentum) * est
+            self.value.copy_(torch.where(self.initialized, blended, est))
+            self.initialized.fill_(True)
         elif not bool(self.initialized):
             raise ValueError(
                 "RunningScale is uninitialised and in eval mode: call it once in train mode"
@@ -259,7 +312,10 @@ class RunningScale(torch.nn.Module):
         return self.update(C)
 
     def extra_repr(self) -> str:
-        return f"momentum={self.momentum}, safety={self.safety}, power_iters={self.power_iters}"
+        warm = f", warm_iters={self.warm_iters}" if self.warm_iters is not None else ""
+        return (
+            f"momentum={self.momentum}, safety={self.safety}, power_iters={self.power_iters}{warm}"
+        )
 
 
 def taylor_scale(
@@ -268,6 +324,7 @@ def taylor_scale(
     *,
     power_iters: int = 20,
     safety: float = 1.05,
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Resolve a scale rule to ``(s, lambda_min, lambda_max)`` for symmetric C (detached).
 
@@ -287,6 +344,9 @@ def taylor_scale(
                  kappa ~ 5. Combine with on_violation="clamp" (or use "power").
     number / tensor : used as given (broadcast over the leading dims of C).
     RunningScale : EMA of power estimates across calls (see the class).
+
+    ``check_finite`` (default True) raises ValueError unless s is finite and > 0; it reads s on
+    the host (a device synchronisation). With False a bad s propagates (as inf or NaN).
     """
     A = C.detach()
     batch = A.shape[:-2]
@@ -323,7 +383,7 @@ def taylor_scale(
         raise ValueError(
             f"scale must be a rule name, number, tensor or RunningScale, got {type(scale).__name__}"
         )
-    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+    if check_finite and not bool((torch.isfinite(s) & (s > 0)).all()):
         raise ValueError(
             f"the Taylor scale s must be finite and > 0, got min {float(s.min()):.3g} "
             f"(rule {scale!r}); is C zero or not positive semi-definite?"
@@ -337,6 +397,7 @@ def _violation(
     lam_min: Tensor | None,
     lam_max: Tensor | None,
     power_iters: int,
+    sync_free: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Cheap check of the convergence region. Returns (max_ratio_estimate, violated) per batch.
 
@@ -346,7 +407,8 @@ def _violation(
     certifies ``lambda_max/s < 2`` in O(d^2); where it cannot, a power-iteration estimate (a lower
     bound on lambda_max, so a ratio >= 2 from it is a certain violation) decides. A violation that
     power iteration misses is possible in principle but requires it to under-estimate lambda_max
-    by the factor (2 s)/lambda_est.
+    by the factor (2 s)/lambda_est. ``sync_free`` skips the shortcut that reads the Gershgorin
+    certificate on the host (power iteration then always runs; the verdict is the same).
     """
     if lam_min is not None:
         ratio = lam_max / s
@@ -354,7 +416,7 @@ def _violation(
     gersh = gershgorin_upper_bound(C)
     certified = gersh / s < 2
     if lam_max is None:
-        if bool(certified.all()):
+        if not sync_free and bool(certified.all()):
             return gersh / s, torch.zeros_like(certified)
         lam_max = lambda_max_power(C, power_iters)
     ratio = torch.where(certified, torch.minimum(gersh, lam_max) / s, lam_max / s)
@@ -369,11 +431,12 @@ def resolve_taylor_scale(
     power_iters: int = 20,
     safety: float = 1.05,
     margin: float = 0.1,
+    check_finite: bool = True,
     _stacklevel: int = 2,
 ) -> Tensor:
     """The scale s (shape ``C.shape[:-2]``, detached) that :func:`logdet_taylor` uses for symmetric
     C: the rule of :func:`taylor_scale` followed by the convergence check and ``on_violation``
-    policy documented in :func:`logdet_taylor`."""
+    policy documented in :func:`logdet_taylor` (``check_finite`` as there)."""
     if on_violation not in ("warn", "raise", "clamp", "ignore"):
         raise ValueError(
             f"on_violation must be 'warn', 'raise', 'clamp' or 'ignore', got {on_violation!r}"
@@ -381,9 +444,19 @@ def resolve_taylor_scale(
     if not 0 < margin < 2:
         raise ValueError(f"margin must lie in (0, 2), got {margin}")
     A = C.detach()
-    s, lam_min, lam_max = taylor_scale(A, scale, power_iters=power_iters, safety=safety)
+    s, lam_min, lam_max = taylor_scale(
+        A, scale, power_iters=power_iters, safety=safety, check_finite=check_finite
+    )
 
-    if on_violation != "ignore":
+    if on_violation == "clamp" and lam_min is None:
+        # Without the spectrum there is nothing to raise about (positive definiteness cannot be
+        # seen), so clamping needs no host read of the verdict: s is replaced where violated.
+        ratio, violated = _violation(
+            A, s, lam_min, lam_max, power_iters, sync_free=not check_finite
+        )
+        lam_est = ratio * s  # estimated lambda_max
+        s = torch.where(violated, safety * lam_est / (2.0 - margin), s)
+    elif on_violation != "ignore":
         ratio, violated = _violation(A.detach(), s, lam_min, lam_max, power_iters)
         if bool(violated.any()):
             worst = float(ratio[violated].max()) if bool(violated.any()) else float("nan")
@@ -434,6 +507,7 @@ def logdet_taylor(
     safety: float = 1.05,
     margin: float = 0.1,
     float64: bool = False,
+    check_finite: bool = True,
 ) -> Tensor:
     """Truncated Taylor log-determinant ``d log s - sum_{k=1..K} tr((I - C/s)^k) / k``.
 
@@ -468,6 +542,13 @@ def logdet_taylor(
     margin : how far below 2 "clamp" places the max ratio.
     float64 : compute in float64 (returned in C's dtype). Default False: the series is meant to be
         the fast path in the training dtype.
+    check_finite : check that C and s are finite (and s > 0) and raise ValueError naming the
+        problem (default). Each check reads a device value on the host, a synchronisation on a
+        GPU. With False, bad input gives a non-finite result instead of an error, and with
+        ``on_violation`` "clamp" or "ignore" and a scale that is not an eigenvalue rule
+        ("power", "trace", a number or tensor, a RunningScale in training mode) the call never
+        synchronises with the device: "clamp" then replaces s where the check fails without
+        reading the verdict on the host (same result).
     """
     if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
@@ -477,7 +558,7 @@ def logdet_taylor(
         )
     if not 0 < margin < 2:
         raise ValueError(f"margin must lie in (0, 2), got {margin}")
-    C = _as_matrix(C)
+    C = _as_matrix(C, check_finite=check_finite)
     ridge = _check_ridge(ridge)
     A = _prepare(C, ridge, torch.float64 if float64 else None)
     d = A.shape[-1]
@@ -488,6 +569,7 @@ def logdet_taylor(
         power_iters=power_iters,
         safety=safety,
         margin=margin,
+        check_finite=check_finite,
         _stacklevel=3,
     )
     s = s.to(A.dtype)

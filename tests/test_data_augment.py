@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mitools.data import (
     PRESET_NAMES,
@@ -43,6 +42,7 @@ from mitools.data._augment_reference import (
 from mitools.data._augment_reference import (
     reference_sample_params as _reference_sample_params,
 )
+from mitools.op_trace import HOST_FACTORY_OPS, MASK_INDEX_OPS, SYNC_OPS, OpCounter
 
 P_MIN = 1e-3  # per-test significance floor at fixed seeds
 
@@ -428,32 +428,9 @@ def test_cuda_matches_cpu():
 # ----------------------------------------------------------------------------- sync-free path
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts the ATen ops that run (every op of a forward call passes through here)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 # ops that read device values on the host (synchronise) or build tensors from host data
 # (``torch.tensor`` / ``new_tensor`` / boolean-mask assignment of a value: ``lift_fresh``)
-_SYNC_OPS = {
-    "nonzero",
-    "_local_scalar_dense",
-    "item",
-    "is_nonzero",
-    "index_put_",
-    "index_put",
-    "index",
-    "masked_select",
-    "lift_fresh",
-    "lift_fresh_copy",
-}
+_SYNC_OPS = SYNC_OPS | MASK_INDEX_OPS | HOST_FACTORY_OPS  # stricter: no indexing at all
 
 _EXACT_PRESETS = {
     "cifar": (get_preset("cifar"), 36),
@@ -550,7 +527,7 @@ def test_reference_and_new_jitter_differ_when_orders_differ():
 
 
 def _count_ops(fn) -> Counter[str]:
-    with _OpCounter() as counter:
+    with OpCounter() as counter:
         fn()
     return counter.counts
 

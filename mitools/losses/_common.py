@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from mitools._lazy_buffers import LazyBuffersMixin
 from mitools.distributed import gather_with_grad, world_size
+
+__all__ = ["LazyBuffersMixin", "check_pair", "detach_terms", "maybe_gather"]
 
 
 def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: int = 2) -> None:
@@ -43,20 +46,3 @@ def maybe_gather(z1: Tensor, z2: Tensor, gather_distributed: bool) -> tuple[Tens
 def detach_terms(terms: dict) -> dict:
     """Detached copies of tensor-valued terms (floats pass through) for trainer logging."""
     return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in terms.items()}
-
-
-class LazyBuffersMixin(nn.Module):
-    """For losses whose state buffers start as 0-element placeholders and take their shape at the
-    first training step (EMA covariances): ``load_state_dict`` into a fresh instance adopts the
-    stored shape instead of failing on a size mismatch. Only empty buffers are resized."""
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
-        for name, buf in self._buffers.items():
-            stored = state_dict.get(prefix + name)
-            if buf is not None and buf.numel() == 0 and stored is not None and stored.numel() > 0:
-                self._buffers[name] = torch.empty(stored.shape, dtype=buf.dtype, device=buf.device)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )

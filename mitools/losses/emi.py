@@ -126,7 +126,13 @@ class EMILoss(LazyBuffersMixin, nn.Module):
         compute_dtype: torch.float64 (default) or torch.float32.
         gather_distributed: gather all ranks' embeddings (see :mod:`mitools.distributed`).
         on_violation: Taylor convergence-violation policy passed to ``logdet_taylor``.
-        check_finite: check inputs for NaN/inf (one device sync per call).
+        running_momentum, running_power_iters, running_warm_iters: the RunningScale options
+            (``momentum``, ``power_iters``, ``warm_iters``; see that class).
+        check_finite: check inputs (and, with ``logdet="taylor"``, each matrix and scale) for
+            NaN/inf, raising ValueError; each check is a device sync. With False a bad input
+            gives a non-finite loss, and the Taylor path with a "running", "power" or numeric
+            scale and ``on_violation`` "clamp" or "ignore" runs without any host sync (what the
+            trainer uses: it checks the loss itself).
 
     After each forward, ``last_terms`` holds (detached) ``loss``, ``mi`` (nats; the Taylor
     surrogate of the MI when ``logdet="taylor"``) and the three log-det terms.
@@ -146,6 +152,8 @@ class EMILoss(LazyBuffersMixin, nn.Module):
         gather_distributed: bool = False,
         on_violation: str = "warn",
         running_momentum: float = 0.99,
+        running_power_iters: int = 20,
+        running_warm_iters: int | None = None,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -180,7 +188,14 @@ class EMILoss(LazyBuffersMixin, nn.Module):
         self.running_scales: nn.ModuleDict | None = None
         if logdet == "taylor" and scale == "running":
             self.running_scales = nn.ModuleDict(
-                {name: RunningScale(momentum=running_momentum) for name in _term_names(form)}
+                {
+                    name: RunningScale(
+                        momentum=running_momentum,
+                        power_iters=running_power_iters,
+                        warm_iters=running_warm_iters,
+                    )
+                    for name in _term_names(form)
+                }
             )
         self.register_buffer("ema_cov", torch.empty(0, dtype=torch.float64))
         self.last_terms: dict[str, float | Tensor] = {}
@@ -195,6 +210,7 @@ class EMILoss(LazyBuffersMixin, nn.Module):
             scale=scale,
             on_violation=self.on_violation,
             float64=self.compute_dtype == torch.float64,
+            check_finite=self.check_finite,
         )
 
     def _check_batch(self, n: int, d: int) -> None:

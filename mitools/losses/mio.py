@@ -66,8 +66,7 @@ _MSE_ON = ("raw", "normalized")
 def _masks(n: int, device: torch.device, negatives: str) -> tuple[Tensor, Tensor]:
     idx = torch.arange(2 * n, device=device)
     partner = (idx + n) % (2 * n)
-    pos = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=device)
-    pos[idx, partner] = True
+    pos = partner[:, None] == idx[None, :]  # row i's positive is column partner(i)
     if negatives == "all":
         neg = ~pos & ~torch.eye(2 * n, dtype=torch.bool, device=device)
     else:
