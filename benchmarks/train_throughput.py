@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import statistics
 import tempfile
 import time
@@ -142,6 +143,7 @@ def run(
     device: str | None = None,
     extra: list[str] | None = None,
     ceiling_kind: str = "full",
+    repeats: int = 1,
 ) -> pd.DataFrame:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = cases or ["digits_emi", "cifar10_mio"]
@@ -165,20 +167,29 @@ def run(
                 ]
             cfg = load_config(CONFIGS / f"{case}.yaml", overrides + list(extra or []))
             with_target = ceiling_kind == "full"
-            a_ips, a_mem = ceiling(cfg, dev, max(steps, 5), with_target=with_target)
-            b_ips, b_mem = pipeline(cfg, dev)
-            rows.append({
-                "case": case, "arch": cfg.model.arch, "loss": cfg.loss.name, "batch": b,
-                "device": str(dev), "ceiling_img_s": a_ips, "pipeline_img_s": b_ips,
-                "ratio": b_ips / a_ips,
-                "ceiling_includes_target": bool(with_target and cfg.model.momentum_encoder),
-                "amp": cfg.train.amp, "compile": cfg.train.compile,
-                "augment": cfg.data.augment, "extra": " ".join(extra or []), "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
-                "threads": torch.get_num_threads(),
-            })  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+            for repeat in range(repeats):
+                # alternate the two measurements: a launch-bound ceiling drifts between runs,
+                # so each ratio pairs measurements taken back to back
+                shutil.rmtree(f"{tmp}/run_{case}", ignore_errors=True)
+                a_ips, a_mem = ceiling(cfg, dev, max(steps, 5), with_target=with_target)
+                b_ips, b_mem = pipeline(cfg, dev)
+                rows.append({
+                    "case": case, "repeat": repeat, "arch": cfg.model.arch, "loss": cfg.loss.name,
+                    "batch": b, "device": str(dev), "ceiling_img_s": a_ips,
+                    "pipeline_img_s": b_ips, "ratio": b_ips / a_ips,
+                    "ceiling_includes_target": bool(with_target and cfg.model.momentum_encoder),
+                    "amp": cfg.train.amp, "compile": cfg.train.compile,
+                    "augment": cfg.data.augment, "extra": " ".join(extra or []),
+                    "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
+                    "threads": torch.get_num_threads(),
+                })  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
     df = pd.DataFrame(rows)
-    write_table(df, out, "train_throughput", {"quick": quick, "steps": steps, "device": str(dev)})
+    if repeats > 1:
+        spread = df.groupby("case")["ratio"].agg(["median", "min", "max"])
+        print(f"ratio over {repeats} paired repeats:\n{spread.to_string()}", flush=True)
+    meta = {"quick": quick, "steps": steps, "device": str(dev), "repeats": repeats}
+    write_table(df, out, "train_throughput", meta)
     return df
 
 
@@ -204,10 +215,18 @@ def main(argv: list[str] | None = None) -> None:
         help="full: the ceiling includes a momentum encoder's forward when the config has one "
         "(default); online: the online network only",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="ceiling/pipeline pairs measured back to back per case; prints median/min/max ratio",
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     df = run(
         args.quick, Path(args.out), args.case, args.steps, args.batch, args.device, args.set,
-        args.ceiling,
+        args.ceiling, args.repeats,
     )  # fmt: skip
     print(df.to_string(index=False))
 
