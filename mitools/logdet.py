@@ -289,7 +289,7 @@ class RunningScale(LazyBuffersMixin, torch.nn.Module):
             start, iters = start.expand(*A.shape[:-1]).unsqueeze(-1), self.power_iters
         est, v = _power_iterate(A, start, iters)
         if self.warm_iters is not None and self.training:
-            self.vector = v.clone(memory_format=torch.contiguous_format)
+            self.vector = v  # a fresh tensor (the last normalised product), not a view
         return est
 
     @torch.no_grad()
@@ -306,7 +306,7 @@ class RunningScale(LazyBuffersMixin, torch.nn.Module):
             raise ValueError(
                 "RunningScale is uninitialised and in eval mode: call it once in train mode"
             )
-        return self.safety * self.value.clone()
+        return self.safety * self.value
 
     def forward(self, C: Tensor) -> Tensor:
         return self.update(C)
@@ -398,6 +398,7 @@ def _violation(
     lam_max: Tensor | None,
     power_iters: int,
     sync_free: bool = False,
+    lam_max_per_matrix: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Cheap check of the convergence region. Returns (max_ratio_estimate, violated) per batch.
 
@@ -409,10 +410,16 @@ def _violation(
     power iteration misses is possible in principle but requires it to under-estimate lambda_max
     by the factor (2 s)/lambda_est. ``sync_free`` skips the shortcut that reads the Gershgorin
     certificate on the host (power iteration then always runs; the verdict is the same).
+    ``lam_max_per_matrix``: ``lam_max`` is a power estimate of each matrix's own lambda_max (not
+    a batch-wide one). The Gershgorin bound then adds nothing: the estimate never exceeds it, so
+    wherever it certifies, ``lam_max / s < 2`` already says so.
     """
     if lam_min is not None:
         ratio = lam_max / s
         return ratio, (lam_min / s <= 0) | (ratio >= 2)
+    if lam_max is not None and lam_max_per_matrix:
+        ratio = lam_max / s
+        return ratio, ratio >= 2
     gersh = gershgorin_upper_bound(C)
     certified = gersh / s < 2
     if lam_max is None:
@@ -447,17 +454,22 @@ def resolve_taylor_scale(
     s, lam_min, lam_max = taylor_scale(
         A, scale, power_iters=power_iters, safety=safety, check_finite=check_finite
     )
+    # "power" estimates each matrix; a RunningScale one value for the whole batch
+    per_matrix = A.ndim == 2 or (isinstance(scale, str) and scale == "power")
 
     if on_violation == "clamp" and lam_min is None:
         # Without the spectrum there is nothing to raise about (positive definiteness cannot be
         # seen), so clamping needs no host read of the verdict: s is replaced where violated.
         ratio, violated = _violation(
-            A, s, lam_min, lam_max, power_iters, sync_free=not check_finite
-        )
+            A, s, lam_min, lam_max, power_iters, sync_free=not check_finite,
+            lam_max_per_matrix=per_matrix,
+        )  # fmt: skip
         lam_est = ratio * s  # estimated lambda_max
         s = torch.where(violated, safety * lam_est / (2.0 - margin), s)
     elif on_violation != "ignore":
-        ratio, violated = _violation(A.detach(), s, lam_min, lam_max, power_iters)
+        ratio, violated = _violation(
+            A, s, lam_min, lam_max, power_iters, lam_max_per_matrix=per_matrix
+        )
         if bool(violated.any()):
             worst = float(ratio[violated].max()) if bool(violated.any()) else float("nan")
             if isinstance(scale, str):
