@@ -311,6 +311,20 @@ class RunningScale(LazyBuffersMixin, torch.nn.Module):
     def forward(self, C: Tensor) -> Tensor:
         return self.update(C)
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # A state saved with or without warm start loads either way: without a stored vector the
+        # next training call starts cold, and a stored vector is ignored without warm_iters.
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "vector"
+        if key in missing_keys:
+            missing_keys.remove(key)
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+
     def extra_repr(self) -> str:
         warm = f", warm_iters={self.warm_iters}" if self.warm_iters is not None else ""
         return (

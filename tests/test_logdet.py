@@ -454,8 +454,19 @@ def test_running_scale_warm_start_resumes_exactly_and_cold_state_is_unchanged():
         assert float(fresh(C)) == float(rs(C))
     with pytest.raises(ValueError, match="stored vector has shape"):
         rs(torch.eye(5, dtype=f64))
-    # without warm_iters the state is what it always was (old checkpoints load strictly)
-    assert set(RunningScale().state_dict()) == {"value", "initialized"}
+    # without warm_iters the state is what it always was; either state loads into either kind
+    cold_state = RunningScale().state_dict()
+    assert set(cold_state) == {"value", "initialized"}
+    RunningScale().load_state_dict(state)  # the stored vector is not used
+    from_cold = RunningScale(momentum=0.9, warm_iters=2)
+    from_cold.load_state_dict({"value": state["value"], "initialized": state["initialized"]})
+    cold_twin = RunningScale(momentum=0.9)
+    cold_twin.load_state_dict(
+        cold_state | {"value": state["value"], "initialized": state["initialized"]}
+    )
+    # no vector: the first call after loading starts cold (20 products), as the cold twin does
+    assert float(from_cold(covs[4])) == float(cold_twin(covs[4]))
+    assert from_cold.vector.shape == (24, 1)
 
 
 def test_running_scale_first_call_branch_matches_an_explicit_ema():
