@@ -10,3 +10,29 @@ os.environ.setdefault("MITOOLS_NO_PROGRESS", "1")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+
+import signal  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+
+_WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored(request):
+    """Each test leaves SIGINT/SIGTERM handlers as it found them (the trainer installs its own
+    while it runs). A test that does not is named in a warning and the handlers are restored,
+    so later tests in the same worker see the defaults (a fresh-clone CI run once saw a replaced
+    SIGINT handler in an unrelated test)."""
+    before = {sig: signal.getsignal(sig) for sig in _WATCHED_SIGNALS}
+    yield
+    for sig, handler in before.items():
+        now = signal.getsignal(sig)
+        if now != handler:
+            warnings.warn(
+                f"{request.node.nodeid} left the {signal.Signals(sig).name} handler {now!r} "
+                f"(was {handler!r}); restored",
+                stacklevel=1,
+            )
+            signal.signal(sig, handler)
