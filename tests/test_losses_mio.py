@@ -225,3 +225,29 @@ def test_mio_loss_never_synchronises_with_the_device():
     with OpCounter() as ops:
         MIOLoss(check_finite=True)(z1, z2)
     assert "_local_scalar_dense" in ops.syncs  # the recorder sees a sync where there is one
+
+
+def test_mio_builds_its_masks_once_and_no_mse_graph_without_lam():
+    # launch count matters on a GPU at small sizes: the negative weights are built on the first
+    # call for a batch size and reused; with lam = 0 the logged MSE has no backward
+    from mitools.op_trace import OpCounter
+
+    z1 = torch.randn(12, 8, requires_grad=True)
+    z2 = torch.randn(12, 8, requires_grad=True)
+    loss_fn = MIOLoss(check_finite=False, lam=0.0)
+    with OpCounter() as first:
+        loss_fn(z1, z2).backward()
+    with OpCounter() as second:
+        loss_fn(z1, z2).backward()
+    assert first.counts["eye"] == 1 and second.counts["eye"] == 0
+    assert second.counts["mse_loss"] == 1 and second.counts["mse_loss_backward"] == 0
+    with OpCounter() as with_lam:
+        MIOLoss(check_finite=False, lam=0.5)(z1, z2).backward()
+    assert with_lam.counts["mse_loss_backward"] > 0  # the control: the recorder sees it
+    # a batch size never seen before builds its own weights, and they are right
+    loss_fn(z1[:5], z2[:5])
+    from mitools.losses.mio import _negative_weights
+
+    w = _negative_weights(5, z1.device, "all", torch.float32)
+    assert w.shape == (10, 10) and float(w.sum()) == 10 * 8 and not w.diagonal().any()
+    assert not w.diagonal(5).any() and not w.diagonal(-5).any()

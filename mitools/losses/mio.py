@@ -51,6 +51,8 @@ twice and ``dL/du = (W + W') u = 2 W u``. For centroid negatives, with ``V`` the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,25 @@ def _masks(n: int, device: torch.device, negatives: str) -> tuple[Tensor, Tensor
         view = idx // n
         neg = (view[:, None] != view[None, :]) & ~pos
     return pos, neg
+
+
+#: Largest 2N for which the negative weights are cached (2048^2 float32 = 16 MiB).
+_CACHE_MAX_ROWS = 2048
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_negative_weights(
+    n: int, device: torch.device, negatives: str, dtype: torch.dtype
+) -> Tensor:
+    return _masks(n, device, negatives)[1].to(dtype)
+
+
+def _negative_weights(n: int, device: torch.device, negatives: str, dtype: torch.dtype) -> Tensor:
+    """The negative mask as 0/1 weights in ``dtype``. Training calls it with the same batch size
+    every step; building it costs eight kernel launches, so up to 2N = 2048 it is built once."""
+    if 2 * n <= _CACHE_MAX_ROWS:
+        return _cached_negative_weights(n, device, negatives, dtype)
+    return _masks(n, device, negatives)[1].to(dtype)
 
 
 def _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on):
@@ -117,7 +138,7 @@ def mio_loss(
     s_pos = torch.cat([S.diagonal(n), S.diagonal(-n)])
     positive = F.softplus(-s_pos / tau_p).mean()
     # counts are known: 2N - 2 negatives per row ("all") or N - 1 ("cross_view")
-    neg_w = _masks(n, u.device, negatives)[1].to(S.dtype)
+    neg_w = _negative_weights(n, u.device, negatives, S.dtype)
     n_neg = 2 * n * (2 * n - 2 if negatives == "all" else n - 1)
     if remove_positive_repulsion:
         c = 0.5 * (u[:n] + u[n:])
@@ -128,11 +149,13 @@ def mio_loss(
     if negative_bound is not None:
         sims = torch.clamp(sims, max=negative_bound)
     negative = (F.softplus(sims / tau_n) * w).sum() / count
-    if mse_on == "raw":
-        mse = F.mse_loss(z1, z2)
-    else:
-        mse = F.mse_loss(u[:n], u[n:])
-    loss = positive + negative + lam * mse
+    a, b = (z1, z2) if mse_on == "raw" else (u[:n], u[n:])
+    if lam:
+        mse = F.mse_loss(a, b)
+        loss = positive + negative + lam * mse
+    else:  # a logged term only: no gradient graph for it
+        mse = F.mse_loss(a.detach(), b.detach())
+        loss = positive + negative
     terms = {
         "positive": positive,
         "negative": negative,
