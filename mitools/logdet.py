@@ -188,9 +188,10 @@ def gershgorin_upper_bound(C: Tensor) -> Tensor:
 def _start_vector(d: int, dtype: torch.dtype, device: torch.device, seed: int) -> Tensor:
     """The fixed Gaussian start vector of power iteration, built once per (d, dtype, device):
     drawing it on the host and copying it over on every call would synchronise with a GPU."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype).to(device)
-    return v / v.norm()
+    with torch.inference_mode(False):  # cached: must not be an inference tensor
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        v = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype).to(device)
+        return v / v.norm()
 
 
 def _power_iterate(A: Tensor, v: Tensor, iters: int) -> tuple[Tensor, Tensor]:

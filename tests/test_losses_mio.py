@@ -251,3 +251,14 @@ def test_mio_builds_its_masks_once_and_no_mse_graph_without_lam():
     w = _negative_weights(5, z1.device, "all", torch.float32)
     assert w.shape == (10, 10) and float(w.sum()) == 10 * 8 and not w.diagonal().any()
     assert not w.diagonal(5).any() and not w.diagonal(-5).any()
+
+
+def test_mio_cached_weights_made_in_inference_mode_still_train():
+    # an evaluation under inference_mode may be the first call for a batch size; the cached
+    # weights must still be usable (saved for backward) by a later training step
+    z1 = torch.randn(7, 5, requires_grad=True)
+    z2 = torch.randn(7, 5, requires_grad=True)
+    with torch.inference_mode():
+        MIOLoss(check_finite=False)(z1.detach(), z2.detach())
+    MIOLoss(check_finite=False)(z1, z2).backward()
+    assert z1.grad is not None and torch.isfinite(z1.grad).all()

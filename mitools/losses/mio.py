@@ -85,7 +85,8 @@ _CACHE_MAX_ROWS = 2048
 def _cached_negative_weights(
     n: int, device: torch.device, negatives: str, dtype: torch.dtype
 ) -> Tensor:
-    return _masks(n, device, negatives)[1].to(dtype)
+    with torch.inference_mode(False):  # a cached inference tensor could not enter autograd
+        return _masks(n, device, negatives)[1].to(dtype)
 
 
 def _negative_weights(n: int, device: torch.device, negatives: str, dtype: torch.dtype) -> Tensor:
