@@ -208,8 +208,8 @@ def test_fresh_ema_loss_loads_a_trained_state():
 # The trainer's GPU recipe (trainers/configs/methods/emi.yaml): Taylor series with running
 # scales, EMA covariance, clamp policy; the trainer builds losses with check_finite=False.
 _TRAINER_RECIPE = dict(
-    form="joint", logdet="taylor", order=4, scale="running", covariance="ema",
-    ema_momentum=0.9, ridge=1e-4, on_violation="clamp",
+    form="joint", logdet="taylor", order=4, scale="running", covariance="batch",
+    ridge=1e-4, on_violation="clamp",
 )  # fmt: skip
 
 
@@ -229,14 +229,16 @@ def _recipe_steps(steps: int, **options):
     return losses, ops
 
 
+@pytest.mark.parametrize("covariance", ["batch", "ema"])
 @pytest.mark.parametrize("warm_iters", [None, 3])
-def test_taylor_recipe_runs_without_host_syncs_and_as_the_checked_loss(warm_iters):
+def test_taylor_recipe_runs_without_host_syncs_and_as_the_checked_loss(warm_iters, covariance):
     # every host read of a device value stalls the CUDA launch queue; the unchecked recipe has
     # none (the spectrum grows step to step, so the clamp branch is exercised too)
-    unchecked, ops = _recipe_steps(4, check_finite=False, running_warm_iters=warm_iters)
+    options = dict(running_warm_iters=warm_iters, covariance=covariance)
+    unchecked, ops = _recipe_steps(4, check_finite=False, **options)
     assert not ops.syncs, ops.syncs
     assert ops.counts["randn"] == 0  # no start vector drawn on the host after the first call
-    checked, control = _recipe_steps(4, check_finite=True, running_warm_iters=warm_iters)
+    checked, control = _recipe_steps(4, check_finite=True, **options)
     assert control.syncs  # the recorder sees the checks where they run
     for (a, ga), (b, gb) in zip(unchecked, checked, strict=True):
         assert a == b
