@@ -34,7 +34,6 @@ Conventions: natural logarithms (nats); matrices are batched over leading dimens
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Literal
@@ -44,6 +43,7 @@ import torch
 from torch import Tensor
 
 from mitools._lazy_buffers import LazyBuffersMixin
+from mitools._tensor_cache import TensorCache
 
 __all__ = [
     "logdet_exact",
@@ -184,14 +184,19 @@ def gershgorin_upper_bound(C: Tensor) -> Tensor:
     return C.detach().abs().sum(-1).amax(-1)
 
 
-@functools.lru_cache(maxsize=64)
+_START_VECTORS = TensorCache(maxsize=64)
+
+
 def _start_vector(d: int, dtype: torch.dtype, device: torch.device, seed: int) -> Tensor:
     """The fixed Gaussian start vector of power iteration, built once per (d, dtype, device):
     drawing it on the host and copying it over on every call would synchronise with a GPU."""
-    with torch.inference_mode(False):  # cached: must not be an inference tensor
+
+    def build() -> Tensor:
         gen = torch.Generator(device="cpu").manual_seed(seed)
         v = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype).to(device)
         return v / v.norm()
+
+    return _START_VECTORS.get((d, dtype, device, seed), build)
 
 
 def _power_iterate(A: Tensor, v: Tensor, iters: int) -> tuple[Tensor, Tensor]:

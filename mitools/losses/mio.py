@@ -51,12 +51,11 @@ twice and ``dL/du = (W + W') u = 2 W u``. For centroid negatives, with ``V`` the
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mitools._tensor_cache import TensorCache
 from mitools.losses._common import check_pair, detach_terms, maybe_gather
 
 __all__ = ["MIOLoss", "mio_loss", "mio_gradient"]
@@ -79,22 +78,19 @@ def _masks(n: int, device: torch.device, negatives: str) -> tuple[Tensor, Tensor
 
 #: Largest 2N for which the negative weights are cached (2048^2 float32 = 16 MiB).
 _CACHE_MAX_ROWS = 2048
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_negative_weights(
-    n: int, device: torch.device, negatives: str, dtype: torch.dtype
-) -> Tensor:
-    with torch.inference_mode(False):  # a cached inference tensor could not enter autograd
-        return _masks(n, device, negatives)[1].to(dtype)
+_NEGATIVE_WEIGHTS = TensorCache(maxsize=8)
 
 
 def _negative_weights(n: int, device: torch.device, negatives: str, dtype: torch.dtype) -> Tensor:
     """The negative mask as 0/1 weights in ``dtype``. Training calls it with the same batch size
     every step; building it costs eight kernel launches, so up to 2N = 2048 it is built once."""
+
+    def build() -> Tensor:
+        return _masks(n, device, negatives)[1].to(dtype)
+
     if 2 * n <= _CACHE_MAX_ROWS:
-        return _cached_negative_weights(n, device, negatives, dtype)
-    return _masks(n, device, negatives)[1].to(dtype)
+        return _NEGATIVE_WEIGHTS.get((n, device, negatives, dtype), build)
+    return build()
 
 
 def _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on):
