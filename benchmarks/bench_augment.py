@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -24,6 +23,7 @@ from mitools.data._augment_reference import (
 )
 from mitools.data.augment import PRESET_NAMES, BatchAugment, CudaGraphAugment, get_preset
 from mitools.op_trace import OpCounter
+from mitools.timing import time_calls
 
 # ----------------------------------------------------------------------------- benchmark
 
@@ -35,22 +35,8 @@ def count_ops(fn) -> tuple[int, int]:
     return counter.total, counter.launches
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn, device: torch.device, repeats: int) -> float:
-    for _ in range(3):  # warm-up: allocator, cuDNN/cuBLAS handles, lazy imports
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(time_calls(fn, device, repeats, warmup=3))
 
 
 def time_graph_ms(aug: BatchAugment, x: torch.Tensor, repeats: int) -> tuple[float, float]:

@@ -15,7 +15,6 @@ Uses CUDA when available. ``python -m benchmarks.bench_logdet [--quick] [--csv P
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable
 
@@ -23,28 +22,15 @@ import pandas as pd
 import torch
 
 from mitools.logdet import TaylorConvergenceWarning, logdet_exact, logdet_taylor
+from mitools.timing import time_calls
 
 RIDGE = 1e-3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_call(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Minimum wall time (s) of ``fn`` over ``repeats`` runs after ``warmup`` runs (the minimum is
     the least noisy statistic on a shared machine)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(time_calls(fn, device, repeats, warmup))
 
 
 def methods() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

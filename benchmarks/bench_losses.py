@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 import torch
 
 from mitools.losses import build_loss
+from mitools.timing import time_calls
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "emi_exact": ("emi", {"ridge": 1e-3}),
@@ -38,21 +38,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocations, lazy imports, cuBLAS handles)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds per call."""
+    return 1e3 * statistics.median(time_calls(fn, device, repeats))
 
 
 def time_loss(name: str, cfg: dict, d: int, n: int, device: torch.device, repeats: int) -> float:

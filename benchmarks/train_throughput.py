@@ -33,7 +33,6 @@ import pickle
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ import pandas as pd
 import torch
 
 from analysis._common import write_table
+from mitools.timing import time_calls
 from trainers.config import load_config
 from trainers.pretrain import TwoViewModel, configure_cuda_backends, train
 
@@ -64,11 +64,6 @@ def write_fake_cifar10(root: Path, n_train: int, n_test: int = 500, seed: int = 
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     return root
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def ceiling(
@@ -110,15 +105,7 @@ def ceiling(
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = time_calls(step, device, steps, warmup=2)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return b / statistics.median(times), peak
 
