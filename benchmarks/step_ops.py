@@ -27,41 +27,43 @@ from mitools.data.augment import BatchAugment, preset_for
 from mitools.data.datasets import get_spec
 from mitools.models import EncoderSpec, MomentumEncoder, SSLModel
 from mitools.op_trace import OpCounter
-from mitools.optim import build_optimizer
 from trainers.config import load_config
-from trainers.pretrain import TwoViewModel, _device_terms, build_loss_from_config, ssl_loss
+from trainers.pretrain import (
+    TwoViewModel,
+    _device_terms,
+    build_loss_from_config,
+    build_optimizer_from_config,
+    ssl_loss,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 
 
-def _count(fn) -> OpCounter:
-    with OpCounter() as ops:
-        fn()
-    return ops
-
-
 def _one_step(cfg, model, net, target, loss_fn, opt, augment, raw) -> dict[str, OpCounter]:
+    """One training step, each part counted on its own: the model's forward+backward (with a
+    trivial loss, as the throughput ceiling) leaves the gradients the optimiser step uses, and its
+    detached outputs feed the SSL loss."""
     parts: dict[str, OpCounter] = {}
-    x1, x2 = augment(raw)
-    parts["augmentation (eager; 1 graph replay on CUDA)"] = _count(lambda: augment(raw))
-
-    def model_step():
+    with OpCounter() as parts["augmentation (eager; 1 graph replay on CUDA)"]:
+        x1, x2 = augment(raw)
+    opt.zero_grad(set_to_none=True)
+    targets = None
+    with OpCounter() as parts["ceiling: model forward+backward"]:
         out = net(x1, x2)
         if target is not None:
-            target(x1), target(x2)
+            targets = (target(x1)[1], target(x2)[1])
         (out[4].square().mean() + out[5].square().mean()).backward()
-
-    parts["ceiling: model forward+backward"] = _count(model_step)
-    out = tuple(t.detach().requires_grad_(t.requires_grad) for t in net(x1, x2))
-    targets = None if target is None else (target(x1)[1], target(x2)[1])
-    parts["loss forward+backward"] = _count(lambda: ssl_loss(cfg, loss_fn, out, targets).backward())
-    opt.zero_grad(set_to_none=True)
-    (net(x1, x2)[4].square().mean()).backward()
-    parts["optimiser step"] = _count(opt.step)
+    out = tuple(t.detach().requires_grad_(t.requires_grad) for t in out)
+    with OpCounter() as parts["loss forward+backward"]:
+        loss = ssl_loss(cfg, loss_fn, out, targets)
+        loss.backward()
+    with OpCounter() as parts["optimiser step"]:
+        opt.step()
     if target is not None:
-        parts["momentum-encoder update"] = _count(lambda: target.update(model, 0.99))
-    loss = ssl_loss(cfg, loss_fn, out, targets)
-    parts["loss terms kept on the device"] = _count(lambda: _device_terms(loss_fn, loss))
+        with OpCounter() as parts["momentum-encoder update"]:
+            target.update(model, 0.99)
+    with OpCounter() as parts["loss terms kept on the device"]:
+        _device_terms(loss_fn, loss)
     return parts
 
 
@@ -75,9 +77,7 @@ def step_ops(case: str, batch: int = 8, extra: list[str] | None = None) -> list[
     net = TwoViewModel(model).train()
     target = MomentumEncoder(model) if cfg.model.momentum_encoder else None
     loss_fn = build_loss_from_config(cfg)
-    o = cfg.optim
-    opt = build_optimizer(o.name, model, o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                          eta=o.eta, clip_lr=o.clip_lr)  # fmt: skip
+    opt = build_optimizer_from_config(cfg, model)
     if hasattr(opt, "foreach"):  # LARS: CUDA's default
         opt.foreach = True
     for group in opt.param_groups:
@@ -88,7 +88,6 @@ def step_ops(case: str, batch: int = 8, extra: list[str] | None = None) -> list[
                         dtype=torch.uint8)  # fmt: skip
     if spec.channels == 1:
         raw = raw.float() / 255
-
     for _ in range(3):
         parts = _one_step(cfg, model, net, target, loss_fn, opt, augment, raw)
     ceiling = parts["ceiling: model forward+backward"].launches

@@ -229,6 +229,19 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
         raise ConfigError(f"loss: {exc}") from exc
 
 
+def build_optimizer_from_config(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg.optim`` over ``model``, its learning rate scaled from
+    ``data.batch_size`` by ``optim.lr_scaling`` (as the trainer builds it)."""
+    from mitools.optim import build_optimizer, scaled_lr
+
+    o = cfg.optim
+    lr = o.lr if o.lr_scaling == "none" else scaled_lr(o.lr, cfg.data.batch_size, o.lr_scaling)
+    return build_optimizer(
+        o.name, model, lr, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta,
+        clip_lr=o.clip_lr,
+    )  # fmt: skip
+
+
 def preflight(cfg: Config) -> Path:
     """One-line ConfigError for problems found BEFORE any work: bad encoder/loss/optimiser
     settings, a missing dataset (names the dataset and the expected layout), an unwritable run
@@ -509,7 +522,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     )
     from mitools.data.datasets import build_dataset, get_spec
     from mitools.models import EncoderSpec, MomentumEncoder, SSLModel, cosine_momentum
-    from mitools.optim import WarmupCosineLR, build_optimizer, scaled_lr
+    from mitools.optim import WarmupCosineLR
 
     # --- device, distributed, determinism
     use_cuda = cfg.train.device == "cuda" or (
@@ -607,16 +620,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     total_steps = cfg.train.epochs * steps_per_epoch
     o = cfg.optim
-    lr = o.lr if o.lr_scaling == "none" else scaled_lr(o.lr, cfg.data.batch_size, o.lr_scaling)
-    optimizer = build_optimizer(
-        o.name,
-        model,
-        lr,
-        weight_decay=o.weight_decay,
-        momentum=o.momentum,
-        eta=o.eta,
-        clip_lr=o.clip_lr,
-    )
+    optimizer = build_optimizer_from_config(cfg, model)
     scheduler = WarmupCosineLR(
         optimizer, total_steps, min(total_steps, round(o.warmup_epochs * steps_per_epoch)),
         final_lr_ratio=o.final_lr_ratio, warmup_start_ratio=o.warmup_start_ratio,
