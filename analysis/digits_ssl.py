@@ -68,6 +68,17 @@ def probe_few_labels(backbone: torch.nn.Module) -> list[float]:
     ]
 
 
+def few_label_probe_pair(checkpoint: Path) -> tuple[float, float]:
+    """Mean :func:`probe_few_labels` accuracy (%) of the run's random initialisation and of its
+    trained backbone at ``checkpoint``: the paired comparison of ``tests/test_trainer.py`` and
+    :mod:`analysis.emi_recipe`."""
+    from trainers.linear_eval import load_backbone
+
+    trained, _ = load_backbone(checkpoint)
+    random_acc = float(np.mean(probe_few_labels(random_init_backbone(checkpoint))))
+    return random_acc, float(np.mean(probe_few_labels(trained)))
+
+
 def evaluate(backbone: torch.nn.Module) -> dict[str, float]:
     """Probe accuracies (%) of a frozen backbone on digits (protocol in the module docstring)."""
     from trainers.linear_eval import evaluate_backbone

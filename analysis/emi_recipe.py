@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import digits_runs
@@ -57,8 +56,7 @@ def run(
     variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> pd.DataFrame:
     """Train (or reuse) every variant x seed and return the probe table."""
-    from analysis.digits_ssl import probe_few_labels, random_init_backbone
-    from trainers.linear_eval import load_backbone
+    from analysis.digits_ssl import few_label_probe_pair
 
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -70,9 +68,7 @@ def run(
             "emi", Path(out) / "emi_recipe_runs" / variant, quick=quick, seed=seed,
             overrides=[f"loss.params={VARIANTS[variant]}"],
         )  # fmt: skip
-        trained, _ = load_backbone(run_dir / "last.pt")
-        random_acc = float(np.mean(probe_few_labels(random_init_backbone(run_dir / "last.pt"))))
-        trained_acc = float(np.mean(probe_few_labels(trained)))
+        random_acc, trained_acc = few_label_probe_pair(run_dir / "last.pt")
         rows.append({
             "variant": variant, "seed": seed, "quick": quick,
             "probe_random_init": random_acc, "probe_trained": trained_acc,

@@ -336,7 +336,7 @@ FLOOR = 3.0  # points: every single seed must still help clearly
 
 
 def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tuple[float, float]:
-    from analysis.digits_ssl import probe_few_labels, random_init_backbone
+    from analysis.digits_ssl import few_label_probe_pair
 
     cfg = load_config(
         CONFIGS / config,
@@ -345,9 +345,7 @@ def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tup
          *(extra or [])],
     )  # fmt: skip
     train(cfg)
-    trained, _ = load_backbone(run_dir / "last.pt")
-    random_init = random_init_backbone(run_dir / "last.pt")  # the run's own initial weights
-    return float(np.mean(probe_few_labels(random_init))), float(np.mean(probe_few_labels(trained)))
+    return few_label_probe_pair(run_dir / "last.pt")  # vs the run's own initial weights
 
 
 @pytest.mark.parametrize("config", ["digits_emi.yaml", "digits_mio.yaml"], ids=["emi", "mio"])
