@@ -398,3 +398,16 @@ def test_cuda_graph_augment_replays_the_eager_augmentation():
         torch.testing.assert_close(r, e, rtol=0, atol=1e-6)
     again = graphed(x)  # fresh parameters on every replay
     assert (again[0] - replay[0]).abs().max() > 0.1
+
+
+def test_device_terms_stack_mixed_dtypes_exactly():
+    from trainers.pretrain import _device_terms
+
+    class Terms:
+        last_terms = {"loss": torch.tensor(9.0), "a": torch.tensor(0.1, dtype=torch.float32),
+                      "b": torch.tensor(1 / 3, dtype=torch.float64), "c": 2, "vec": torch.ones(3)}  # fmt: skip
+
+    names, values, plain = _device_terms(Terms(), torch.tensor(1.25, dtype=torch.bfloat16))
+    assert names == ["loss", "a", "b"] and plain == {"c": 2.0}
+    assert values.dtype == torch.float64
+    assert values.tolist() == [1.25, float(torch.tensor(0.1, dtype=torch.float32)), 1 / 3]

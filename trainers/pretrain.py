@@ -384,16 +384,17 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
 def _device_terms(loss_fn: nn.Module, loss: Tensor) -> tuple[list[str], Tensor, dict[str, float]]:
     """The loss and the loss module's scalar ``last_terms``: names, their values stacked on the
     device (float64, no host synchronisation) and the terms that are already Python numbers."""
-    names, values, plain = ["loss"], [loss.detach().double().reshape(())], {}
+    names, values, plain = ["loss"], [loss.detach().reshape(())], {}
     for k, v in getattr(loss_fn, "last_terms", {}).items():
         if k == "loss":
             continue
         if isinstance(v, Tensor) and v.numel() == 1:
             names.append(k)
-            values.append(v.detach().double().reshape(()))
+            values.append(v.detach().reshape(()))
         elif isinstance(v, (int, float)):
             plain[k] = float(v)
-    return names, torch.stack(values), plain
+    # one cast of the stacked terms (stack promotes mixed dtypes), not one launch per term
+    return names, torch.stack(values).double(), plain
 
 
 def _read_back(
