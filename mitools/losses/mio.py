@@ -158,8 +158,8 @@ def mio_loss(
         "negative": negative,
         "mse": mse,
         "jsd_bound": -(positive + negative),
-        "pos_cos": s_pos.mean(),
-        "neg_cos": (S * neg_w).sum() / n_neg,
+        "pos_cos": s_pos.detach().mean(),  # logged only: no autograd graph
+        "neg_cos": (S.detach() * neg_w).sum() / n_neg,
     }
     return loss, terms
 
