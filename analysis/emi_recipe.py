@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import digits_runs
 from analysis._common import base_parser, progress, write_table
 
 NAME = "emi_recipe"
@@ -56,7 +55,7 @@ def run(
     variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> pd.DataFrame:
     """Train (or reuse) every variant x seed and return the probe table."""
-    from analysis.digits_ssl import few_label_probe_pair
+    from analysis.digits_ssl import probe_gain_row
 
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -64,23 +63,20 @@ def run(
     rows = []
     jobs = [(v, s) for v in variants for s in seeds]
     for variant, seed in progress(jobs, desc="emi recipe"):
-        run_dir = digits_runs.ensure_run(
+        row = probe_gain_row(
             "emi", Path(out) / "emi_recipe_runs" / variant, quick=quick, seed=seed,
-            overrides=[f"loss.params={VARIANTS[variant]}"],
+            overrides=(f"loss.params={VARIANTS[variant]}",),
         )  # fmt: skip
-        random_acc, trained_acc = few_label_probe_pair(run_dir / "last.pt")
-        rows.append({
-            "variant": variant, "seed": seed, "quick": quick,
-            "probe_random_init": random_acc, "probe_trained": trained_acc,
-            "gain": trained_acc - random_acc, "loss_params": VARIANTS[variant],
-        })  # fmt: skip
+        rows.append({"variant": variant, **row, "loss_params": VARIANTS[variant]})
     table = pd.DataFrame(rows)
     write_table(table, out, NAME, {"quick": quick, "seeds": list(seeds), "variants": VARIANTS})
     return table
 
 
 def summary(table: pd.DataFrame) -> str:
-    stats = table.groupby("variant", sort=False)["gain"].agg(["mean", "min", "max", "count"])
+    from analysis.digits_ssl import gain_summary
+
+    stats = gain_summary(table, ["variant"])
     return "probe gain over random init (points, 10 labels per class):\n" + stats.to_string(
         float_format=lambda x: f"{x:+.2f}"
     )
