@@ -167,8 +167,9 @@ def run(
     The runs are always the digits configs as shipped (``quick=False`` runs of
     :mod:`analysis.digits_runs`, at its 30 epochs where the configs ship 60): they are the
     embedded default, already CPU-sized (about 1.5 CPU-minutes per objective), and the narrowed
-    quick runs would not show what the default does. ``quick`` is recorded in the metadata only. ``epochs`` / ``overrides``: passed to
-    :func:`analysis.digits_runs.ensure_runs` (tests use tiny runs).
+    quick runs would not show what the default does. ``quick`` is recorded in the metadata only.
+    ``epochs`` / ``overrides``: passed to :func:`analysis.digits_runs.ensure_runs` (tests use tiny
+    runs).
     """
     out = Path(out)
     runs = digits_runs.ensure_runs(

@@ -36,3 +36,11 @@ def _signal_handlers_restored(request):
                 stacklevel=1,
             )
             signal.signal(sig, handler)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (a few minutes each) run first. pytest-xdist deals the first quarter
+    of the collected tests round robin to its workers, so the slow ones start at once on
+    different workers; collected last, two of them ended a fresh-clone CI run on one worker
+    (19 min wall for 13 min of balanced work)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else unchanged

@@ -350,6 +350,7 @@ def _ssl_gain(config: str, run_dir: Path, extra: list[str] | None = None) -> tup
     return few_label_probe_pair(run_dir / "last.pt")  # vs the run's own initial weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["digits_emi.yaml", "digits_mio.yaml"], ids=["emi", "mio"])
 def test_ssl_beats_random_init_on_digits(tmp_path, config):
     gains = []
@@ -360,6 +361,7 @@ def test_ssl_beats_random_init_on_digits(tmp_path, config):
     assert np.mean(gains) >= MARGIN and min(gains) >= FLOOR, gains
 
 
+@pytest.mark.slow
 def test_constant_loss_does_not_beat_random_init(tmp_path):
     # the control: the same check fails when the loss is a constant (nothing is learned)
     base, after = _ssl_gain(
