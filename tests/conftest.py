@@ -39,8 +39,9 @@ def _signal_handlers_restored(request):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (a few minutes each) run first. pytest-xdist deals the first quarter
-    of the collected tests round robin to its workers, so the slow ones start at once on
-    different workers; collected last, two of them ended a fresh-clone CI run on one worker
-    (19 min wall for 13 min of balanced work)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else unchanged
+    """Tests marked ``slow`` (minutes each) are collected last. pytest-xdist's ``worksteal``
+    scheduling (pyproject addopts) gives each worker a contiguous share of the collection and
+    lets an idle worker take the tail half of a busy worker's queue, so slow tests at the tail
+    end up split across workers. (Under the default ``load`` scheduling the digits SSL checks
+    ended a fresh-clone CI run on one worker: 19 min wall for about 13 min of balanced work.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # stable
