@@ -114,6 +114,15 @@ def gain_summary(table: pd.DataFrame, by: list[str], margin: float = 5.0) -> pd.
     return stats
 
 
+def gain_summary_text(table: pd.DataFrame, by: list[str], margin: float = 5.0) -> str:
+    """:func:`gain_summary` as the printed table of the digits drivers (gains as signed points)."""
+    stats = gain_summary(table, by, margin)
+    return (
+        f"probe gain over random init (points, 10 labels per class); seeds_at_margin: gains "
+        f">= {margin:g}\n" + stats.to_string(float_format=lambda x: f"{x:+.2f}")
+    )
+
+
 def evaluate(backbone: torch.nn.Module) -> dict[str, float]:
     """Probe accuracies (%) of a frozen backbone on digits (protocol in the module docstring)."""
     from trainers.linear_eval import evaluate_backbone

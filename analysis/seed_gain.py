@@ -87,13 +87,9 @@ def run(
 
 
 def summary(table: pd.DataFrame) -> str:
-    from analysis.digits_ssl import gain_summary
+    from analysis.digits_ssl import gain_summary_text
 
-    stats = gain_summary(table, ["variant", "epochs"], margin=MARGIN)
-    return (
-        f"probe gain over random init (points, 10 labels per class); seeds_at_margin: gains "
-        f">= {MARGIN:g}\n" + stats.to_string(float_format=lambda x: f"{x:+.2f}")
-    )
+    return gain_summary_text(table, ["variant", "epochs"], margin=MARGIN)
 
 
 def main(argv: list[str] | None = None) -> int:
