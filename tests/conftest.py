@@ -38,10 +38,55 @@ def _signal_handlers_restored(request):
             signal.signal(sig, handler)
 
 
+def _torch_process_state() -> dict:
+    import torch
+
+    return {
+        "torch.get_num_threads()": torch.get_num_threads(),
+        "torch.are_deterministic_algorithms_enabled()": (
+            torch.are_deterministic_algorithms_enabled()
+        ),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _torch_process_state_restored(request):
+    """A test that leaves torch's thread count or deterministic mode changed fails (after the
+    state is restored for the tests that follow in its worker). Both once leaked: a test set 2
+    threads on each of the 2 xdist workers (4 busy threads on 2 cores) and the trainer left
+    deterministic mode on, and the digits SSL checks run later in the same workers took 1.4-1.8x
+    their time alone (CI 19-20 min instead of about 16)."""
+    import torch
+
+    before = _torch_process_state()
+    yield
+    after = _torch_process_state()
+    if after != before:
+        torch.set_num_threads(before["torch.get_num_threads()"])
+        torch.use_deterministic_algorithms(before["torch.are_deterministic_algorithms_enabled()"])
+        changed = {k: f"{before[k]} -> {after[k]}" for k in before if before[k] != after[k]}
+        pytest.fail(f"{request.node.nodeid} left torch process state changed: {changed}")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (minutes each) are collected last. pytest-xdist's ``worksteal``
-    scheduling (pyproject addopts) gives each worker a contiguous share of the collection and
-    lets an idle worker take the tail half of a busy worker's queue, so slow tests at the tail
-    end up split across workers. (Under the default ``load`` scheduling the digits SSL checks
-    ended a fresh-clone CI run on one worker: 19 min wall for about 13 min of balanced work.)"""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # stable
+    """Tests marked ``slow`` (minutes each) start first, dealt round-robin to the heads of the
+    xdist workers' initial shares. ``worksteal`` scheduling (pyproject addopts) gives worker i
+    the i-th contiguous share of the collection (sizes as computed below) and lets an idle worker
+    take half of a busy one's queue, so the fast tests fill in around the slow ones. (Slow tests
+    last left one worker finishing a 6-minute check alone; under the default ``load`` scheduling,
+    slow-first dealt them all to one worker.) Without xdist: slow tests last."""
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers <= 1 or not slow:
+        items[:] = fast + slow
+        return
+    remaining, ordered = len(items), []
+    for worker in range(workers):
+        share = remaining // (workers - worker)
+        remaining -= share
+        heads = slow[worker::workers]
+        n_fast = max(share - len(heads), 0)
+        ordered += heads + fast[:n_fast]
+        del fast[:n_fast]
+    items[:] = ordered + fast

@@ -49,6 +49,16 @@ def train_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def caller_threads_2():
+    """The caller runs with 2 torch threads (the runs must use 1 inside and give 2 back); the
+    worker's own count is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _epoch_records(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
@@ -90,8 +100,7 @@ def test_baseline_configs_resolve_to_their_loss(tmp_path, objective):
     assert full.train.epochs == digits_runs.FULL_EPOCHS
 
 
-def test_train_then_reuse_then_retrain_on_other_settings(tmp_path, train_calls):
-    torch.set_num_threads(2)
+def test_train_then_reuse_then_retrain_on_other_settings(tmp_path, train_calls, caller_threads_2):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)

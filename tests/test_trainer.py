@@ -282,6 +282,31 @@ def test_on_device_and_graph_options_are_checked(tmp_path):
         preflight(tiny_cfg(tmp_path / "b", ["data.augment_graph=true", "train.device=cpu"]))
 
 
+def test_train_gives_the_callers_torch_settings_back(tmp_path, monkeypatch):
+    # train.deterministic switches torch's deterministic algorithms on for the run only; after a
+    # return or an exception the caller's setting holds (it once stayed on for the whole process).
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = []
+    real = pretrain.ssl_loss
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "ssl_loss", spy)
+    train(tiny_cfg(tmp_path / "ok", ["train.epochs=1"]))
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pretrain, "ssl_loss", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(tiny_cfg(tmp_path / "raises"))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_deferred_read_back_logs_the_same_metrics(tmp_path):
     train(tiny_cfg(tmp_path / "every", ["train.check_every_steps=1"]))
     train(tiny_cfg(tmp_path / "deferred", ["train.check_every_steps=5"]))

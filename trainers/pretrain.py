@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -500,8 +501,37 @@ def online_eval(cfg, model, probe_sets, device) -> dict[str, float]:
 # ----------------------------------------------------------------------------- training
 
 
+@contextlib.contextmanager
+def _torch_settings_restored() -> Iterator[None]:
+    """Process-wide torch settings that a run changes (deterministic algorithms, cuDNN autotuning,
+    TF32) are put back when it returns or raises: ``train`` is also called from notebooks and
+    analyses, whose later work must not silently run deterministic or with TF32 matmuls."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+        torch.backends.cuda.matmul.allow_tf32 = saved[3]
+        torch.backends.cudnn.allow_tf32 = saved[4]
+
+
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
-    """Run pre-training; returns a summary (run folder, epochs, last metrics, interrupted)."""
+    """Run pre-training; returns a summary (run folder, epochs, last metrics, interrupted).
+
+    Global torch settings the run needs (``train.deterministic``, cuDNN/TF32 on CUDA) hold only
+    while it runs; the caller's are restored afterwards."""
+    with _torch_settings_restored():
+        return _train(cfg, resume)
+
+
+def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from mitools.checkpoint import (
