@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import faulthandler
 import tempfile
 
 import pytest
@@ -62,11 +61,14 @@ def _run(gather: bool, local: slice) -> dict:
     return out
 
 
-def _worker(r: int, port: int, path: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(r: int, path: str) -> None:
+    faulthandler.enable(all_threads=True)  # a native abort prints the Python stacks
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=r, world_size=WORLD)
+    # A file rendezvous, not a TCP port picked in advance: another process may take a "free" port
+    # before rank 0 binds it (a full-suite run once lost both ranks to SIGABRT here).
+    dist.init_process_group(
+        "gloo", init_method=f"file://{path}/rendezvous", rank=r, world_size=WORLD
+    )
     try:
         assert is_distributed() and world_size() == WORLD and rank() == r
         # gather_with_grad itself: forward order, backward = sum over ranks of this slice's grads
@@ -80,16 +82,10 @@ def _worker(r: int, port: int, path: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def distributed_results():
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(tmp,), nprocs=WORLD, join=True)
         return [torch.load(f"{tmp}/rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -14,8 +14,8 @@ The same processes then run two steps of the real training loop under DDP as a s
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -31,12 +31,6 @@ from trainers.pretrain import TwoViewModel, build_loss_from_config, ssl_loss, tr
 CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 LOSSES = ("emi", "mio", "byol", "vicreg")
 BATCH = 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _strip_bn(module: nn.Module) -> None:
@@ -75,13 +69,17 @@ def _first_step_grads(
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    faulthandler.enable(all_threads=True)  # a native abort prints the Python stacks
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank), MITOOLS_NO_PROGRESS="1",
-    )  # fmt: skip
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MITOOLS_NO_PROGRESS="1"
+    )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous, not a TCP port picked in advance: another process may take a "free" port
+    # before rank 0 binds it. The trainer finds the process group initialised and joins it.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world
+    )
     try:
         grads = {name: _first_step_grads(name, world, rank) for name in LOSSES}
         # sensitivity: without the gather, the batch-coupled MIO loss sees half batches
@@ -106,7 +104,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_gloo_processes_match_one_process_full_batch(tmp_path):
     world = 2
     ctx = mp.start_processes(
-        _worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=False,
+        _worker, args=(world, str(tmp_path)), nprocs=world, join=False,
         start_method="spawn",
     )  # fmt: skip
     deadline = time.time() + 300
