@@ -54,8 +54,8 @@ def _torch_process_state_restored(request):
     """A test that leaves torch's thread count or deterministic mode changed fails (after the
     state is restored for the tests that follow in its worker). Both once leaked: a test set 2
     threads on each of the 2 xdist workers (4 busy threads on 2 cores) and the trainer left
-    deterministic mode on, and the digits SSL checks run later in the same workers took 1.4-1.8x
-    their time alone (CI 19-20 min instead of about 16)."""
+    deterministic mode on, and the digits SSL checks run later in the same workers took 1.2-1.8x
+    their time alone (fresh-clone CI 19 min 42 s; 14 min once fixed)."""
     import torch
 
     before = _torch_process_state()

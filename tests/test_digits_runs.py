@@ -53,10 +53,8 @@ def train_calls(monkeypatch):
 def caller_threads_2():
     """The caller runs with 2 torch threads (the runs must use 1 inside and give 2 back); the
     worker's own count is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+    with digits_runs.torch_threads(2):
+        yield
 
 
 def _epoch_records(run_dir):
