@@ -1,40 +1,52 @@
 """Frozen-backbone evaluation: linear probe and weighted cosine kNN.
 
-``python -m trainers.linear_eval --checkpoint CKPT [--data NAME] [--root DIR]
-[--labels-per-class N] [--out results.json]``
+``python -m trainers.linear_eval --checkpoint CKPT [--protocol augmented|cached] [--data NAME]
+[--root DIR] [--labels-per-class N] [--out results.json]``
 
 Protocol (stated, as every option here):
 
 * Features. The backbone (no projector) of the checkpoint's encoder, rebuilt from the stored
-  ``encoder_spec`` (no config file needed), in eval mode (BN running statistics), on the probe
-  splits of the dataset (``DatasetSpec.train_split`` / ``eval_split``) WITHOUT augmentation
+  ``encoder_spec`` (no config file needed), in eval mode (BN running statistics). Evaluation
+  features (and every kNN feature) come from the probe splits of the dataset
+  (``DatasetSpec.train_split`` / ``eval_split``) WITHOUT augmentation
   (``mitools.data.augment.eval_transform``: conversion + normalisation; ImageNet-100 resize 256 /
-  centre-crop 224). Default (``--protocol cached``): features are computed once, with no crop
-  augmentation during probe training (fast; a documented simplification of the solo-learn
-  protocol, which re-augments every epoch: that one is ``--protocol augmented``, below).
-* Linear probe: features standardised with the training-set mean/std, then multinomial logistic
-  regression ``W h + b`` with L2 penalty ``weight_decay/2 ||W||^2`` trained full-batch with
-  L-BFGS (``solver="lbfgs"``, default, deterministic) or mini-batch SGD momentum 0.9 with cosine
-  lr (``solver="sgd"``). Top-1 accuracy on the evaluation split.
-* ``--protocol augmented``: the standard protocol (solo-learn, MoCo v3): the linear classifier is
-  trained with SGD (momentum 0.9, lr 0.1, cosine, 100 epochs) on features of freshly augmented
-  training images every epoch (random resized crop scale (0.08, 1) + flip;
-  :func:`mitools.data.augment.probe_train_transform`) and tested on the eval transform. Slower
-  (one backbone pass per epoch); see :func:`augmented_linear_probe`.
+  centre-crop 224).
+* ``--protocol augmented`` (the CLI default): the standard linear protocol (solo-learn, MoCo v3):
+  the linear classifier ``W h + b`` is trained with mini-batch SGD (momentum 0.9, lr 0.1 cosine,
+  100 epochs, batch 256, weight decay 0 by default) on features of freshly augmented training
+  images every epoch (random resized crop scale (0.08, 1) + flip;
+  :func:`mitools.data.augment.probe_train_transform`), standardised with the mean/std of the
+  first epoch's features, and tested on the eval transform. One backbone pass over the training
+  set per epoch; see :func:`augmented_linear_probe`.
+* ``--protocol cached`` (fast; the default of :func:`evaluate_backbone`, which analysis code
+  uses): features computed once with no augmentation during probe training (a documented
+  simplification of the protocol above), standardised with the training-set mean/std, then
+  multinomial logistic regression with L2 penalty ``weight_decay/2 ||W||^2`` (1e-4 by default)
+  trained full-batch with L-BFGS (``solver="lbfgs"``, default, deterministic) or mini-batch SGD
+  momentum 0.9 with cosine lr (``solver="sgd"``); see :func:`linear_probe`.
+* Either way: top-1 accuracy on the evaluation split; the JSON of the CLI records the protocol,
+  the solver and the weight decay used.
 * kNN (Wu et al. 2018 InstDisc; solo-learn): L2-normalised features, the k nearest training
   features by cosine similarity s, each votes for its class with weight ``exp(s / T)``;
   k = 200, T = 0.07 by default (k is capped at the number of training samples).
 * ``labels_per_class`` N: the probe/kNN training set is the first N images of each class under a
   permutation drawn from ``numpy.random.default_rng(seed)`` (the evaluation split is untouched).
+
+Bad input (missing or corrupt checkpoint, unknown dataset, non-positive counts, an output path
+that cannot be written, ...) is a one-line ``error: ...`` on stderr and exit status 2, before any
+evaluation runs. ``--out`` is written atomically (temporary file in the same folder, then
+``os.replace``).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +65,11 @@ __all__ = [
     "augmented_linear_probe",
     "subsample_per_class",
     "evaluate_backbone",
+    "default_weight_decay",
     "main",
 ]
+
+PROTOCOLS = ("augmented", "cached")
 
 
 @dataclass
@@ -70,6 +85,11 @@ class ProbeResult:
     knn_k: int
     knn_temperature: float
     solver: str
+    protocol: str = "cached"
+    weight_decay: float | None = None  # of the linear probe (None: no linear probe was trained)
+    epochs: int | None = None  # augmented protocol: SGD epochs
+    steps: int | None = None  # cached protocol: L-BFGS iterations / SGD epochs
+    lr: float | None = None  # SGD learning rate (augmented, or cached with solver "sgd")
 
 
 def evenly_spaced_indices(n: int, max_samples: int | None) -> np.ndarray | None:
@@ -340,6 +360,22 @@ def _dataset_labels(dataset: Any) -> np.ndarray:
     return np.asarray([dataset[i][1] for i in range(len(dataset))])
 
 
+# read from the probe functions' signatures once, at import, so the two cannot drift apart
+_DEFAULT_WEIGHT_DECAY = {
+    name: float(inspect.signature(fn).parameters["weight_decay"].default)
+    for name, fn in (("cached", linear_probe), ("augmented", augmented_linear_probe))
+}
+
+
+def default_weight_decay(protocol: str) -> float:
+    """The probe weight decay used when none is given: the default of the protocol's probe
+    function (``cached``: :func:`linear_probe`, 1e-4; ``augmented``:
+    :func:`augmented_linear_probe`, 0.0)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be 'cached' or 'augmented', got {protocol!r}")
+    return _DEFAULT_WEIGHT_DECAY[protocol]
+
+
 def evaluate_backbone(
     backbone: nn.Module,
     data: str,
@@ -350,7 +386,7 @@ def evaluate_backbone(
     knn_temperature: float = 0.07,
     solver: str = "lbfgs",
     steps: int = 100,
-    weight_decay: float = 1e-4,
+    weight_decay: float | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     max_train: int | None = None,
@@ -368,13 +404,16 @@ def evaluate_backbone(
     ``protocol="cached"``: features computed once without augmentation, L-BFGS/SGD probe
     (``solver``, ``steps``). ``"augmented"``: the standard protocol of
     :func:`augmented_linear_probe` (fresh random crops every epoch; ``epochs``, ``lr``,
-    ``weight_decay``). kNN always uses the unaugmented features.
+    ``weight_decay``). ``weight_decay=None``: :func:`default_weight_decay` of the protocol (1e-4
+    cached, 0.0 augmented). kNN always uses the unaugmented features.
     """
     from mitools.data.augment import eval_transform, probe_train_transform
     from mitools.data.datasets import build_dataset, get_spec
 
-    if protocol not in ("cached", "augmented"):
+    if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be 'cached' or 'augmented', got {protocol!r}")
+    if weight_decay is None:
+        weight_decay = default_weight_decay(protocol)
     spec = get_spec(data)
     tf = eval_transform(data)
     train_ds = build_dataset(data, root, spec.train_split, transform=tf)
@@ -412,7 +451,11 @@ def evaluate_backbone(
     return ProbeResult(
         lin, kacc, int(tr_x.shape[0]), int(ev_x.shape[0]), int(tr_x.shape[1]), labels_per_class,
         min(knn_k, int(tr_x.shape[0])), knn_temperature,
-        solver if protocol == "cached" else "sgd-augmented",
+        solver if protocol == "cached" else "sgd-augmented", protocol,
+        float(weight_decay) if linear else None,
+        int(epochs) if linear and protocol == "augmented" else None,
+        int(steps) if linear and protocol == "cached" else None,
+        float(lr) if linear and (protocol == "augmented" or solver == "sgd") else None,
     )  # fmt: skip
 
 
@@ -433,42 +476,163 @@ def load_backbone(checkpoint: str | os.PathLike, *, ema: bool = False) -> tuple[
     return backbone, state
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Linear probe and kNN on a frozen backbone")
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the numeric / device options, as a message, or None."""
+    positive = {"--epochs": args.epochs, "--steps": args.steps, "--knn-k": args.knn_k,
+                "--batch-size": args.batch_size}  # fmt: skip
+    if args.labels_per_class is not None:
+        positive = {"--labels-per-class": args.labels_per_class, **positive}
+    for flag, value in positive.items():
+        if value < 1:
+            return f"{flag} must be >= 1, got {value}"
+    for flag, value in (("--lr", args.lr), ("--knn-temperature", args.knn_temperature)):
+        if not (math.isfinite(value) and value > 0):
+            return f"{flag} must be a finite number > 0, got {value}"
+    if args.weight_decay is not None and not (
+        math.isfinite(args.weight_decay) and args.weight_decay >= 0
+    ):
+        return f"--weight-decay must be a finite number >= 0, got {args.weight_decay}"
+    if args.num_workers < 0:
+        return f"--num-workers must be >= 0, got {args.num_workers}"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return f"--device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {args.device}: CUDA is not available on this machine; use --device cpu"
+    return None
+
+
+def _check_out_path(out: str) -> str | None:
+    """Make ``out``'s folder (parents too) and check that a file can be created there; the problem
+    as a message naming the path, or None. Runs before any evaluation."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        return f"--out {out}: is a directory, expected a JSON file path"
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((a for a in (folder, *folder.parents) if a.exists()), None)
+        why = (
+            f"{blocker} is not a folder"
+            if blocker is not None and not blocker.is_dir()
+            else exc.strerror or str(exc)
+        )
+        return f"--out {out}: cannot create folder {folder} ({why})"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
+    except OSError as exc:
+        return f"--out {out}: folder {folder} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Linear probe and kNN on a frozen backbone; results as JSON. Bad input is a "
+        "one-line error (exit status 2) before any evaluation."
+    )
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
     parser.add_argument("--data", default=None, help="dataset name (default: the run's)")
     parser.add_argument("--root", default=None, help="dataset root (default: the run's)")
-    parser.add_argument("--labels-per-class", type=int, default=None)
     parser.add_argument(
-        "--protocol", choices=("cached", "augmented"), default="cached",
-        help="cached: unaugmented features once, L-BFGS (fast); augmented: the standard protocol, "
-        "fresh random crops every epoch, SGD for --epochs",
+        "--labels-per-class", type=int, default=None,
+        help="train the probe / kNN on N labelled images per class (default: all)",
     )  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=100, help="augmented protocol: epochs")
-    parser.add_argument("--lr", type=float, default=0.1, help="augmented protocol: SGD lr")
-    parser.add_argument("--solver", choices=("lbfgs", "sgd"), default="lbfgs")
-    parser.add_argument("--steps", type=int, default=100, help="L-BFGS iterations / SGD epochs")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--knn-k", type=int, default=200)
-    parser.add_argument("--knn-temperature", type=float, default=0.07)
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="augmented",
+        help="augmented (default): the standard linear protocol, fresh random crops every epoch, "
+        "SGD (momentum 0.9, cosine lr) for --epochs, one backbone pass per epoch; cached (fast): "
+        "unaugmented features computed once, --solver for --steps (a simplification)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epochs", type=int, default=100, help="augmented protocol: SGD epochs (default 100)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=0.1,
+        help="SGD learning rate, cosine-annealed (augmented, or cached with --solver sgd; "
+        "default 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--solver", choices=("lbfgs", "sgd"), default="lbfgs",
+        help="cached protocol: probe solver (default lbfgs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, default=100,
+        help="cached protocol: L-BFGS iterations / SGD epochs (default 100)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--weight-decay", type=float, default=None,
+        help=f"L2 penalty weight_decay/2 ||W||^2 of the probe (default: the protocol's, "
+        f"{default_weight_decay('augmented'):g} augmented, {default_weight_decay('cached'):g} "
+        "cached); the value used is in the JSON",
+    )  # fmt: skip
+    parser.add_argument("--knn-k", type=int, default=200, help="kNN neighbours (default 200)")
+    parser.add_argument(
+        "--knn-temperature", type=float, default=0.07, help="kNN vote temperature (default 0.07)"
+    )
     parser.add_argument("--ema", action="store_true", help="probe the momentum encoder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=512, help="feature-extraction batch size")
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="JSON file (default: stdout only)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="label subset, augmentations, order")
+    parser.add_argument(
+        "--out", default=None,
+        help="JSON file, written atomically; its folder is created and checked for writing "
+        "before the evaluation (default: stdout only)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mitools.data.datasets import get_spec
+
+    args = _build_parser().parse_args(argv)
+
+    def fail(msg: object) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    problem = _check_args(args)
+    if problem:
+        return fail(problem)
     try:
         backbone, state = load_backbone(args.checkpoint, ema=args.ema)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+        return fail(exc)
     data_cfg = (state.get("config") or {}).get("data", {})
     data = args.data or data_cfg.get("name")
     root = args.root or data_cfg.get("root")
     if data is None:
-        print("error: the checkpoint stores no dataset name; pass --data", file=sys.stderr)
-        return 2
+        return fail("the checkpoint stores no dataset name; pass --data")
+    try:
+        get_spec(data)
+    except ValueError as exc:
+        return fail(exc)
+    if root is None and data != "digits":
+        return fail(
+            f"dataset {data!r} needs its folder: pass --root DIR (the checkpoint stores none)"
+        )
+    if args.out:
+        problem = _check_out_path(args.out)
+        if problem:
+            return fail(problem)
     try:
         result = evaluate_backbone(
             backbone, data, root, labels_per_class=args.labels_per_class, knn_k=args.knn_k,
@@ -478,15 +642,13 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs, lr=args.lr,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     out = {"checkpoint": str(args.checkpoint), "data": data, "epoch": state.get("epoch")}
     out.update(asdict(result))
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        _write_atomic(Path(args.out).expanduser(), text + "\n")
     return 0
 
 
