@@ -10,6 +10,12 @@ by key; lists and scalars replace). So a per-dataset/per-method config is a few 
 Overrides ``--set a.b=value`` are applied last; ``value`` is parsed as YAML (``1e-3``, ``true``,
 ``[64, 32]``, ``null``) and then checked against the field's type like a file value.
 
+Numbers: files and ``--set`` values are read with PyYAML's safe loader plus the YAML 1.2 /
+Python float forms that YAML 1.1 reads as strings (``1e-3``, ``5E-4``, ``1e30``, ``1.0e5``), so
+those are floats in files, in ``--set`` values and in the free-form ``loss.params``. Integers stay
+integers (``10``, ``0x1F``); ``1e``, ``e5``, ``1.2.3`` and dates are not floats. An int given for
+a float field is converted.
+
 Errors are one line (:class:`ConfigError`, a ValueError): an unknown key names the nearest known
 key (difflib), a wrong type names the key, the expected type and the value.
 ``loss.params`` is free-form (it goes to ``mitools.losses.build_loss``) and is checked when the
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +56,34 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration problem; the message is one line naming the key and the problem."""
+
+
+# YAML 1.1 (PyYAML) resolves a plain scalar as a float only with a dot and a signed exponent
+# (``1.0e-3``); ``1e-3``, ``5E-4``, ``1e30`` and ``1.0e5`` stay strings. This adds the YAML 1.2
+# core-schema floats with an exponent (the forms without one, ``.5``, ``5.``, ``1.5``, ``.inf``,
+# ``.nan``, are floats in YAML 1.1 already). The exponent is required, so digit strings (``10``,
+# ``0x1F``, ``09``) resolve as before: PyYAML's own float, int and timestamp resolvers are tried
+# first, and this one is appended after them for the same first characters.
+_FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+_FLOAT_FIRST_CHARS = list("-+0123456789.")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``-style floats (registered on this subclass
+    only; PyYAML copies the resolver table on the first registration)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes strings :class:`_Loader` would read as floats (``"1e5"``)."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITH_EXPONENT, _FLOAT_FIRST_CHARS)
+del _cls
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
 
 
 @dataclass
@@ -336,7 +371,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{path}: invalid YAML: {first}") from exc
@@ -360,7 +395,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key, text = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _load_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key.split("."), value
@@ -409,7 +444,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML that :func:`load_config` (and plain ``yaml.safe_load``) reads
+    back to the same values: floats are written as ``1.0e-05``, ``1.0e+30``, ``.inf``; strings
+    that look like numbers are quoted."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)
 
 
 def check_loss_params(name: str, params: dict[str, Any]) -> None:
