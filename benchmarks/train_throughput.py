@@ -166,6 +166,7 @@ def run(
                     "pipeline_img_s": b_ips, "ratio": b_ips / a_ips,
                     "ceiling_includes_target": bool(with_target and cfg.model.momentum_encoder),
                     "amp": cfg.train.amp, "compile": cfg.train.compile,
+                    "compile_loss": cfg.train.compile_loss,
                     "augment": cfg.data.augment, "extra": " ".join(extra or []),
                     "ceiling_peak_mib": a_mem, "pipeline_peak_mib": b_mem,
                     "threads": torch.get_num_threads(),

@@ -253,6 +253,27 @@ def test_online_monitoring_does_not_change_training(tmp_path):
     lines = (tmp_path / "monitored" / "metrics.jsonl").read_text().splitlines()
     assert sum('"knn_top1"' in line for line in lines) == 3  # it did evaluate every epoch
 
+    # The logged spectrum statistics are those of the checkpointed model: recompute them from
+    # last.pt on the same 200 validation digits with mitools.spectrum (tested on closed forms).
+    from mitools.data.augment import eval_transform
+    from mitools.data.datasets import build_dataset
+    from mitools.models import build_encoder_from_checkpoint_dict
+    from mitools.spectrum import effective_rank, normalized_std
+    from trainers.linear_eval import extract_features
+
+    last = [json.loads(x) for x in lines if '"kind": "epoch"' in x][-1]
+    st = _state(tmp_path / "monitored" / "last.pt")
+    model = build_encoder_from_checkpoint_dict(st["encoder_spec"], st["model"])
+    val = build_dataset("digits", None, "val", transform=eval_transform("digits"))
+    feats, _ = extract_features(model.backbone, val, max_samples=200)
+    with torch.no_grad():
+        z = model.projector(feats)
+    assert last["feat_effective_rank"] == pytest.approx(effective_rank(feats), rel=1e-5)
+    assert last["proj_effective_rank"] == pytest.approx(effective_rank(z), rel=1e-5)
+    assert last["proj_normalized_std"] == pytest.approx(normalized_std(z), rel=1e-5)
+    assert last["proj_normalized_std_healthy"] == pytest.approx(z.shape[1] ** -0.5)
+    assert 0 <= last["knn_top1"] <= 100 and 0 <= last["probe_top1"] <= 100
+
 
 def test_device_resident_data_gives_the_same_run(tmp_path):
     # data.on_device indexes batches from one tensor instead of a DataLoader: same batches in the
@@ -401,8 +422,9 @@ def test_linear_eval_cli_writes_json(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_cfg(run, ["train.epochs=1", "train.max_steps_per_epoch=1"]))
     out = tmp_path / "probe.json"
-    assert linear_eval.main(["--checkpoint", str(run / "last.pt"), "--labels-per-class", "10",
-                             "--knn-k", "20", "--out", str(out)]) == 0  # fmt: skip
+    assert linear_eval.main(["--checkpoint", str(run / "last.pt"), "--protocol", "cached",
+                             "--labels-per-class", "10", "--knn-k", "20",
+                             "--out", str(out)]) == 0  # fmt: skip
     res = json.loads(out.read_text())
     assert res["data"] == "digits" and res["labels_per_class"] == 10
     assert res["n_train"] == 100 and res["n_eval"] == 359 and res["knn_k"] == 20

@@ -194,13 +194,19 @@ class TrainConfig:
     ``check_every_steps``: how often the loop reads the loss back from the device to check that it
     is finite and to update the progress bar (0 = automatic: every step on CPU, every 50 steps
     and at logging steps on CUDA, where each read stalls the launch queue). A non-finite loss is
-    still reported with the step where it first occurred, and always before a checkpoint."""
+    still reported with the step where it first occurred, and always before a checkpoint.
+    ``compile``: ``torch.compile`` the two-view model. ``compile_loss``: also compile the loss
+    module, fusing its many small operators (EMI's log-det series and power iterations: about
+    260 launches per step eagerly, ``benchmarks.step_ops``); off by default, its GPU speed-up is
+    unmeasured. Not with MEC's lambda warm-up (a Python float that changes every step would
+    recompile the loss)."""
 
     epochs: int = 10
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
     compile: bool = False
+    compile_loss: bool = False
     channels_last: bool = True
     deterministic: bool = False
     run_dir: str = "runs/{data}_{loss}"

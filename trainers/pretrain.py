@@ -7,8 +7,9 @@ env:// variables; gloo on CPU, nccl on CUDA; ``data.batch_size`` is the global b
 
 Every run writes into ``train.run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
 object per line: ``"kind": "step"`` every ``train.log_every_steps`` steps and ``"kind": "epoch"``
-after each epoch, with the online-monitoring numbers), TensorBoard event files when
-``tensorboard`` is installed (silently skipped otherwise), and checkpoints: ``last.pt`` after every
+after each epoch, with the online-monitoring numbers), TensorBoard event files under ``tb/``
+(``train.tensorboard``, on by default; without the tensorboard package that is a one-line error
+before any work), and checkpoints: ``last.pt`` after every
 epoch and ``epoch_XXXX.pt`` every ``train.checkpoint_every_epochs``. Checkpoints follow
 :mod:`mitools.checkpoint` (atomic, ``weights_only`` loadable) plus ``batch_in_epoch`` (batches of
 the current epoch already done; non-zero only for checkpoints written on SIGTERM/SIGINT).
@@ -207,6 +208,24 @@ def _loss_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_loss_param_types(loss_cls: type, params: dict[str, Any]) -> None:
+    """``loss.params`` is free-form YAML: where the loss's default is a number or a bool, the
+    value must be one too, so a typo is named here and not deep inside the loss."""
+    signature = inspect.signature(loss_cls.__init__).parameters
+    for key, value in params.items():
+        default = signature[key].default if key in signature else None
+        if isinstance(default, bool):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(
+                f"loss.params.{key}: expected {wanted}, got {value!r} ({type(value).__name__})"
+            )
+
+
 def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
     """The loss module; ``gather_distributed`` is set for batch-coupled losses under DDP."""
     from mitools.losses import BATCH_COUPLED, LOSSES, build_loss
@@ -215,6 +234,7 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
     if cfg.loss.name == "constant":
         return ConstantLoss()
     params = _loss_params(cfg.loss.params)
+    _check_loss_param_types(LOSSES[cfg.loss.name], params)
     if cfg.loss.name in BATCH_COUPLED:
         params["gather_distributed"] = bool(cfg.loss.gather_distributed and world > 1)
     if cfg.loss.name == "byol" and cfg.model.momentum_encoder:
@@ -243,10 +263,12 @@ def build_optimizer_from_config(cfg: Config, model: nn.Module) -> torch.optim.Op
     )  # fmt: skip
 
 
-def preflight(cfg: Config) -> Path:
+def preflight(cfg: Config, resume: str | None = None) -> Path:
     """One-line ConfigError for problems found BEFORE any work: bad encoder/loss/optimiser
-    settings, a missing dataset (names the dataset and the expected layout), an unwritable run
-    folder. Returns the run folder."""
+    settings, a missing dataset (names the dataset and the expected layout), a batch larger than
+    the dataset, an unwritable run folder, and a ``resume`` checkpoint that is unreadable or was
+    written for another model, loss or optimiser (:func:`check_resume`). Returns the run
+    folder."""
     from mitools.data.augment import PRESET_NAMES
     from mitools.data.datasets import build_dataset, get_spec
     from mitools.models import EncoderSpec
@@ -271,6 +293,9 @@ def preflight(cfg: Config) -> Path:
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.data.batch_size >= 2, "data.batch_size must be >= 2"),
         (cfg.loss.target_pairing == "cross", "loss.target_pairing: only 'cross' is implemented"),
+        (not (cfg.train.compile_loss and cfg.loss.name == "mec" and cfg.loss.mec_warmup_epochs > 0),
+         "train.compile_loss=true does not work with MEC's lambda warm-up (loss.mec_warmup_epochs "
+         "> 0): the value changes every step and would recompile the loss"),
         (cfg.model.in_channels == spec.channels,
          f"model.in_channels={cfg.model.in_channels} but {spec.name} has {spec.channels} channels"),
     ]  # fmt: skip
@@ -282,12 +307,26 @@ def preflight(cfg: Config) -> Path:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model: {exc}") from exc
     build_loss_from_config(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.model.sync_batchnorm and world > 1 and not _will_use_cuda(cfg):
+        raise ConfigError(
+            "model.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+            "set it to false for CPU/gloo runs"
+        )
+    _check_tensorboard(cfg)
     for split in {spec.pretrain_split, spec.train_split, spec.eval_split}:
         try:
-            build_dataset(cfg.data.name, cfg.data.root, split, download=cfg.data.download)
+            ds = build_dataset(cfg.data.name, cfg.data.root, split, download=cfg.data.download)
         except (FileNotFoundError, ValueError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"dataset {cfg.data.name!r} not usable: {msg}") from exc
+        if split == spec.pretrain_split and len(ds) // world < cfg.data.batch_size // world:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} is larger than the {cfg.data.name} "
+                f"pre-training split ({len(ds)} images"
+                + (f", {len(ds) // world} per rank for {world} ranks" if world > 1 else "")
+                + "); lower data.batch_size"
+            )
     run_dir = resolve_run_dir(cfg)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +335,77 @@ def preflight(cfg: Config) -> Path:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"run folder {run_dir} is not writable: {exc.strerror or exc}") from exc
+    check_resume(cfg, resume, run_dir)
     return run_dir
+
+
+def _will_use_cuda(cfg: Config) -> bool:
+    return cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+
+
+def _spec_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(wanted))
+    return [
+        f"{k}: {stored.get(k)!r} (checkpoint) vs {wanted.get(k)!r} (config)"
+        for k in keys
+        if stored.get(k) != wanted.get(k)
+    ]
+
+
+def check_resume(cfg: Config, resume: str | None, run_dir: Path | None = None) -> Path | None:
+    """The checkpoint ``resume`` names ("auto": the newest valid one in the run folder, None:
+    none), checked to continue THIS run: readable by the safe loader, and written for the same
+    encoder (architecture, stem, widths, projector, predictor), the same loss and optimiser, and
+    a momentum encoder exactly when the config has one. Anything else is a one-line ConfigError
+    naming the differences, raised before any work (the state would not load, or would load
+    into a different run)."""
+    from mitools.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
+    from mitools.models import EncoderSpec, SSLModel, StateDictMismatchError, _check_fits
+
+    if not resume:
+        return None
+    if resume == "auto":
+        path = find_latest_checkpoint(run_dir if run_dir is not None else resolve_run_dir(cfg))
+        if path is None:
+            return None
+    else:
+        path = Path(resume)
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--resume: no checkpoint file at {path}") from exc
+    except CheckpointError as exc:
+        raise ConfigError(f"--resume: {exc}") from exc
+    where = f"--resume {path}"
+    spec = EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
+    stored_spec = state.get("encoder_spec")
+    if isinstance(stored_spec, dict):
+        diff = _spec_differences(stored_spec, spec.to_dict())
+        if diff:
+            raise ConfigError(f"{where} was written for another encoder: " + "; ".join(diff))
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = SSLModel(spec)
+    try:
+        _check_fits(model, state["model"], f"SSLModel({spec.arch})")
+    except StateDictMismatchError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    stored_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+    checks = [
+        ("loss.name", cfg.loss.name, stored_cfg.get("loss", {}).get("name")),
+        ("optim.name", cfg.optim.name, stored_cfg.get("optim", {}).get("name")),
+    ]
+    for key, wanted, stored in checks:
+        if stored is not None and stored != wanted:
+            raise ConfigError(
+                f"{where} was written with {key}={stored!r}, the config has {wanted!r}"
+            )
+    has_ema = state.get("ema") is not None
+    if has_ema != bool(cfg.model.momentum_encoder):
+        raise ConfigError(
+            f"{where} {'has' if has_ema else 'has no'} momentum encoder but the config sets "
+            f"model.momentum_encoder={str(cfg.model.momentum_encoder).lower()}"
+        )
+    return path
 
 
 @dataclass
@@ -334,8 +443,23 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_NO_TENSORBOARD = (
+    "train.tensorboard=true but the tensorboard package is not installed: "
+    "pip install tensorboard, or set train.tensorboard=false (metrics.jsonl is always written)"
+)
+
+
+def _check_tensorboard(cfg: Config) -> None:
+    if cfg.train.tensorboard:
+        try:
+            import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+        except ImportError as exc:
+            raise ConfigError(_NO_TENSORBOARD) from exc
+
+
 class _Metrics:
-    """metrics.jsonl (+ TensorBoard when installed) on the main rank."""
+    """metrics.jsonl, and TensorBoard events under ``tb/`` with ``train.tensorboard``, on the
+    main rank."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
         self.enabled = enabled
@@ -344,10 +468,9 @@ class _Metrics:
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:  # tensorboard not installed: JSON lines only
-                self.tb = None
+            except ImportError as exc:  # preflight names this before work; API callers get it here
+                raise ConfigError(_NO_TENSORBOARD) from exc
+            self.tb = SummaryWriter(str(run_dir / "tb"))
 
     def log(self, record: dict[str, Any], step: int) -> None:
         if not self.enabled:
@@ -537,7 +660,6 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     from mitools.checkpoint import (
         GracefulExit,
         capture_rng_state,
-        find_latest_checkpoint,
         load_checkpoint,
         mitools_version,
         restore_rng_state,
@@ -577,6 +699,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         )
     local_batch = cfg.data.batch_size // ddp.world
     run_dir = resolve_run_dir(cfg)
+    ckpt_path = check_resume(cfg, resume or None, run_dir)  # before any work
+    _check_tensorboard(cfg)
     show = cfg.train.progress and ddp.main and progress_enabled()
 
     # --- data: unaugmented tensors; two views made on the device (batch) or in workers
@@ -646,6 +770,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     )
     loss_fn = build_loss_from_config(cfg, ddp.world).to(device)
     fwd = torch.compile(net) if cfg.train.compile else net
+    # the compiled loss shares the module's buffers and replays its attribute writes (last_terms)
+    loss_call = torch.compile(loss_fn) if cfg.train.compile_loss else loss_fn
     steps_per_epoch = len(sampler)
     if cfg.train.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -661,11 +787,6 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
     # --- resume
     epoch, step, batch_in_epoch = 0, 0, 0
-    ckpt_path = None
-    if resume == "auto":
-        ckpt_path = find_latest_checkpoint(run_dir)
-    elif resume:
-        ckpt_path = Path(resume)
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(state["model"])
@@ -748,7 +869,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                         targets = None
                         if target is not None:
                             targets = (target(x1)[1], target(x2)[1])
-                        loss = ssl_loss(cfg, loss_fn, out, targets)
+                        loss = ssl_loss(cfg, loss_call, out, targets)
                 except (ValueError, RuntimeError) as exc:
                     # a non-finite loss not yet read back poisons the weights, and the next
                     # forward may fail first (NaN inputs to the loss): report the real cause
@@ -852,14 +973,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.set)
         if int(os.environ.get("RANK", "0")) == 0:
-            preflight(cfg)
-        if args.resume not in (None, "auto") and not Path(args.resume).is_file():
-            raise ConfigError(f"--resume: no checkpoint file at {args.resume}")
+            preflight(cfg, args.resume)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         summary = train(cfg, args.resume)
+    except ConfigError as exc:  # a problem only a non-zero rank could see
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -868,8 +990,9 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
     last = summary["epoch_metrics"][-1] if summary["epoch_metrics"] else {}
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"run_dir": summary["run_dir"], "epoch": summary["epoch"],
-                          "interrupted": summary["interrupted"], **last}))  # fmt: skip
+        # the run's own position last: an interrupted run stopped after its last epoch record
+        print(json.dumps({**last, "run_dir": summary["run_dir"], "epoch": summary["epoch"],
+                          "step": summary["step"], "interrupted": summary["interrupted"]}))  # fmt: skip
     return 0
 
 

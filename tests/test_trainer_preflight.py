@@ -1,0 +1,222 @@
+"""Bad input to the trainer that must fail in one line BEFORE any work: a --resume checkpoint
+from another model, loss or optimiser, a corrupt one, a batch larger than the dataset,
+SyncBatchNorm on the CPU, a mistyped loss parameter; and the CLI's final JSON after a signal."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers import pretrain
+from trainers.config import ConfigError, load_config
+from trainers.pretrain import check_resume, preflight, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+
+# One step of a very small EMI model: enough for a checkpoint with every kind of state.
+SMALL = [
+    "train.epochs=1",
+    "train.max_steps_per_epoch=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "data.batch_size=64",
+    "model.widths=[8,16,16]",
+    "model.projector_dims=[16,8]",
+    "eval.every_epochs=0",
+]
+
+
+def _cli_args(run_dir: Path, extra: list[str], config: str = "digits_emi.yaml") -> list[str]:
+    sets = [*SMALL, f"train.run_dir={run_dir}", *extra]
+    return ["--config", str(CONFIGS / config), *sum((["--set", s] for s in sets), [])]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("small_run")
+    train(load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={run_dir}"]))
+    return run_dir / "last.pt"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if the CLI gets as far as training."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started despite bad input")
+
+    monkeypatch.setattr(pretrain, "train", refuse)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "config", "named"),
+    [
+        (["model.widths=[8,16,32]"], "digits_emi.yaml", r"widths: \[8, 16, 16\] \(checkpoint\)"),
+        (["model.projector_dims=[32,8]"], "digits_emi.yaml", r"projector_dims"),
+        (
+            ["model.projector_last_bn=false"],
+            "digits_mio.yaml",
+            r"loss.name='emi', the config has 'mio'",
+        ),
+        (["optim.name=lars"], "digits_emi.yaml", r"optim.name='adamw', the config has 'lars'"),
+        (["model.momentum_encoder=true"], "digits_emi.yaml", r"has no momentum encoder"),
+    ],
+)
+def test_resume_from_another_run_is_a_one_line_error_before_work(
+    small_checkpoint, tmp_path, capsys, no_training, extra, config, named
+):
+    args = _cli_args(tmp_path / "run", extra, config) + ["--resume", str(small_checkpoint)]
+    assert pretrain.main(args) == 2
+    line = _one_line_error(capsys)
+    assert str(small_checkpoint) in line
+    assert re.search(named, line), line
+
+
+def test_resume_of_a_checkpoint_without_spec_checks_the_weights(small_checkpoint, tmp_path):
+    # Checkpoints from other tools may lack the stored encoder spec: the weights are checked.
+    state = torch.load(small_checkpoint, weights_only=True)
+    del state["encoder_spec"]
+    bare = tmp_path / "bare.pt"
+    torch.save(state, bare)
+    cfg = load_config(CONFIGS / "digits_emi.yaml", [*SMALL, "model.widths=[8,16,32]"])
+    with pytest.raises(ConfigError, match=r"another architecture.*shape mismatches"):
+        check_resume(cfg, str(bare))
+    # the same file with the matching config passes and names the file to load
+    cfg = load_config(CONFIGS / "digits_emi.yaml", SMALL)
+    assert check_resume(cfg, str(bare)) == bare
+
+
+def test_resume_auto_checks_the_newest_checkpoint(small_checkpoint, tmp_path, capsys, no_training):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(small_checkpoint.read_bytes())
+    args = _cli_args(run_dir, ["model.widths=[8,16,32]"]) + ["--resume", "auto"]
+    assert pretrain.main(args) == 2
+    assert "another encoder" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(b"not a checkpoint\n", "a text file"), (b"PK\x03\x04" + b"\0" * 100, "corrupt")],
+)
+def test_unreadable_resume_file_is_a_one_line_error(tmp_path, capsys, no_training, content, named):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert pretrain.main(_cli_args(tmp_path / "run", []) + ["--resume", str(bad)]) == 2
+    line = _one_line_error(capsys)
+    assert named in line and str(bad) in line
+
+
+def test_missing_resume_file_is_a_one_line_error(tmp_path, capsys, no_training):
+    missing = tmp_path / "nope.pt"
+    assert pretrain.main(_cli_args(tmp_path / "run", []) + ["--resume", str(missing)]) == 2
+    assert f"no checkpoint file at {missing}" in _one_line_error(capsys)
+
+
+def test_programmatic_train_checks_resume_before_building_data(
+    small_checkpoint, tmp_path, monkeypatch
+):
+    import mitools.data.datasets as datasets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dataset built before the resume check")
+
+    monkeypatch.setattr(datasets, "build_dataset", refuse)
+    cfg = load_config(
+        CONFIGS / "digits_emi.yaml", [*SMALL, "model.widths=[8,16,32]", f"train.run_dir={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="another encoder"):
+        train(cfg, resume=str(small_checkpoint))
+
+
+def test_batch_larger_than_the_dataset(tmp_path, capsys, no_training):
+    # digits' pre-training split has 1438 images (tests/test_data_datasets.py)
+    assert pretrain.main(_cli_args(tmp_path / "run", ["data.batch_size=2000"])) == 2
+    line = _one_line_error(capsys)
+    assert "data.batch_size=2000" in line and "1438 images" in line
+
+
+def test_batch_check_names_the_share_of_each_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = load_config(
+        CONFIGS / "digits_emi.yaml", [*SMALL, "data.batch_size=1600", f"train.run_dir={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match=r"1438 images, 719 per rank for 2 ranks"):
+        preflight(cfg)
+    cfg = load_config(
+        CONFIGS / "digits_emi.yaml", [*SMALL, "data.batch_size=1438", f"train.run_dir={tmp_path}"]
+    )
+    preflight(cfg)  # 719 per rank, one full batch each
+
+
+def test_sync_batchnorm_on_cpu_ranks_is_refused(tmp_path, monkeypatch):
+    extra = ["model.sync_batchnorm=true", "train.device=cpu", f"train.run_dir={tmp_path}"]
+    cfg = load_config(CONFIGS / "digits_emi.yaml", [*SMALL, *extra])
+    preflight(cfg)  # a single process never converts to SyncBatchNorm
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
+        preflight(cfg)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("loss.params.ridge=abc", r"loss.params.ridge: expected a number, got 'abc' \(str\)"),
+        ("loss.params.center=1", r"loss.params.center: expected true or false, got 1"),
+        ("loss.params.order=true", r"loss.params.order: expected a number, got True"),
+    ],
+)
+def test_mistyped_loss_parameter_is_named(setting, named):
+    cfg = load_config(CONFIGS / "digits_emi.yaml", [setting])
+    with pytest.raises(ConfigError, match=named):
+        pretrain.build_loss_from_config(cfg)
+
+
+def test_interrupted_run_reports_where_it_stopped(tmp_path, capsys, monkeypatch):
+    # SIGTERM during the second epoch's second step: the final JSON must give the checkpoint's
+    # position, not that of the last finished epoch.
+    calls = {"n": 0}
+    real = pretrain.ssl_loss
+
+    def loss_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "ssl_loss", loss_then_signal)
+    extra = ["train.epochs=2", "train.max_steps_per_epoch=3"]
+    assert pretrain.main(_cli_args(tmp_path / "run", extra)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert out["interrupted"] is True
+    assert (out["epoch"], out["step"]) == (state["epoch"], state["step"]) == (1, 4)
+
+
+def test_missing_tensorboard_is_named_before_work(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import now raises ImportError
+    cfg = load_config(
+        CONFIGS / "digits_emi.yaml",
+        [*SMALL, "train.tensorboard=true", f"train.run_dir={tmp_path / 'run'}"],
+    )
+    with pytest.raises(
+        ConfigError, match="pip install tensorboard, or set train.tensorboard=false"
+    ):
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()
+    cfg.train.tensorboard = False
+    preflight(cfg)
