@@ -120,7 +120,7 @@ def test_all_shipped_configs_load_and_build_their_loss():
     names = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml")
     datasets = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100")
     methods = ("emi", "mio", "simclr", "barlow_twins", "vicreg", "byol", "corinfomax", "mec")
-    for ds in datasets:
+    for ds in (*datasets, "digits"):
         for m in methods:
             assert f"{ds}_{m}.yaml" in names
     for name in names:
@@ -136,6 +136,25 @@ def test_all_shipped_configs_load_and_build_their_loss():
     assert ref.loss.params["tau_p"] == ref.loss.params["tau_n"] == 0.5
     paper = load_config(CONFIGS / "cifar10_mio.yaml")
     assert (paper.model.arch, paper.train.epochs) == ("resnet18", 200)
+
+
+def test_digits_baselines_are_digits_emi_with_the_loss_swapped_and_train(tmp_path):
+    from trainers.config import config_to_dict
+
+    for name in ("simclr", "vicreg", "barlow_twins", "corinfomax", "mec"):
+        swapped = load_config(CONFIGS / "digits_emi.yaml", [f"loss.name={name}", "loss.params={}"])
+        assert config_to_dict(load_config(CONFIGS / f"digits_{name}.yaml")) == config_to_dict(
+            swapped
+        ), name
+    for name in ("simclr", "vicreg", "barlow_twins", "byol", "corinfomax", "mec"):
+        cfg = load_config(
+            CONFIGS / f"digits_{name}.yaml",
+            ["train.epochs=1", "train.max_steps_per_epoch=2", "train.progress=false",
+             "train.tensorboard=false", "eval.every_epochs=0", f"train.run_dir={tmp_path / name}"],
+        )  # fmt: skip
+        summary = train(cfg)
+        loss = summary["epoch_metrics"][-1]["mean_loss"]
+        assert np.isfinite(loss), (name, loss)
 
 
 # ----------------------------------------------------------------------------- kNN and probe
