@@ -220,5 +220,7 @@ def test_bad_arguments_are_one_line_errors_before_work(ckpt, capsys, no_evaluati
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_device_without_cuda_is_one_line_error(ckpt, capsys, no_evaluation):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
     assert linear_eval.main(["--checkpoint", str(ckpt), "--device", "cuda"]) == 2
     assert "CUDA is not available" in _one_line_error(capsys.readouterr().err)
