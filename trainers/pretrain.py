@@ -359,15 +359,23 @@ def check_resume(cfg: Config, resume: str | None, run_dir: Path | None = None) -
     a momentum encoder exactly when the config has one. Anything else is a one-line ConfigError
     naming the differences, raised before any work (the state would not load, or would load
     into a different run)."""
+    return _check_resume(cfg, resume, run_dir)[0]
+
+
+def _check_resume(
+    cfg: Config, resume: str | None, run_dir: Path | None = None
+) -> tuple[Path | None, str | None]:
+    """:func:`check_resume`, and a description of the checkpoint's position and weights (epoch,
+    step, batch and a float64 sum of the model's floating tensors) that tells two files apart."""
     from mitools.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
     from mitools.models import EncoderSpec, SSLModel, StateDictMismatchError, _check_fits
 
     if not resume:
-        return None
+        return None, None
     if resume == "auto":
         path = find_latest_checkpoint(run_dir if run_dir is not None else resolve_run_dir(cfg))
         if path is None:
-            return None
+            return None, None
     else:
         path = Path(resume)
     try:
@@ -405,6 +413,45 @@ def check_resume(cfg: Config, resume: str | None, run_dir: Path | None = None) -
             f"{where} {'has' if has_ema else 'has no'} momentum encoder but the config sets "
             f"model.momentum_encoder={str(cfg.model.momentum_encoder).lower()}"
         )
+    weights = sum(
+        float(t.double().sum()) for t in state["model"].values() if torch.is_floating_point(t)
+    )
+    position = (
+        f"epoch {state.get('epoch')}, step {state.get('step')}, batch "
+        f"{state.get('batch_in_epoch', 0)}, weight sum {weights!r}"
+    )
+    return path, position
+
+
+def _resume_on_all_ranks(cfg: Config, resume: str | None, run_dir: Path, ddp: _Dist) -> Path | None:
+    """:func:`check_resume` on every rank, and under DDP the same checkpoint on all of them.
+
+    Each rank reads its own file system. On several nodes without a shared run folder,
+    ``--resume auto`` finds the checkpoint on the first node only: the other nodes' ranks would
+    start afresh, drift apart from rank 0 (DDP averages gradients, not weights), write nothing
+    and hang at the end. So the ranks compare what they found (errors included) and all stop with
+    the same one-line error unless every rank holds the same checkpoint."""
+    try:
+        path, position = _check_resume(cfg, resume, run_dir)
+        found = "none found" if path is None else f"{path} ({position})"
+    except ConfigError as exc:
+        if ddp.world == 1:
+            raise
+        path, position, found = None, None, f"error: {exc}"
+    if ddp.world == 1:
+        return path
+    everyone: list[Any] = [None] * ddp.world
+    dist.all_gather_object(everyone, (position, found))
+    errors = [f for _, f in everyone if f.startswith("error: ")]
+    if len(errors) == ddp.world and len(set(errors)) == 1:
+        raise ConfigError(errors[0].removeprefix("error: "))  # the same problem everywhere
+    if errors or len({pos for pos, _ in everyone}) > 1:
+        seen = "; ".join(f"rank {r}: {f}" for r, (_, f) in enumerate(everyone))
+        raise ConfigError(
+            f"--resume {resume}: the ranks do not resume from the same checkpoint ({seen}); "
+            "on several nodes the run folder (train.run_dir) must be on a file system every "
+            "node sees, or each node needs a copy of the same checkpoint"
+        )
     return path
 
 
@@ -426,6 +473,18 @@ def _init_distributed(device_kind: str) -> _Dist:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP without a broadcast of rank 0's buffers (BatchNorm statistics) before every forward:
+    each rank keeps its own running statistics, as in the SSL reference code, and skips a
+    collective per step. torch 2.13 renamed the option (``broadcast_buffers`` warns). The new
+    one still broadcasts the buffers once, at construction; every rank holds the same buffers
+    then (same seed, nothing trained yet), so the two spellings train alike."""
+    ddp_options = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in ddp_options:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def configure_cuda_backends(cfg: Config) -> None:
@@ -699,7 +758,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         )
     local_batch = cfg.data.batch_size // ddp.world
     run_dir = resolve_run_dir(cfg)
-    ckpt_path = check_resume(cfg, resume or None, run_dir)  # before any work
+    ckpt_path = _resume_on_all_ranks(cfg, resume or None, run_dir, ddp)  # before any work
     _check_tensorboard(cfg)
     show = cfg.train.progress and ddp.main and progress_enabled()
 
@@ -761,7 +820,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     net: nn.Module = TwoViewModel(model)
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if use_cuda else None, broadcast_buffers=False
+            net, device_ids=[device.index] if use_cuda else None, **_no_buffer_sync()
         )
     target = (
         MomentumEncoder(model, buffers=cfg.model.momentum_buffers)
