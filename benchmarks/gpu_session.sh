@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# What a session with a lent GPU measures for the open trainer work, in stages that each fit one
+# 10-minute device call (device time is 30 minutes a session, so run the stages in this order and
+# stop where it runs out):
+#
+#   bash benchmarks/gpu_session.sh throughput   # MIO and EMI pipeline/ceiling ratio, 3 repeats, peak memory
+#   bash benchmarks/gpu_session.sh compile      # EMI with train.compile_loss=true (unmeasured on a GPU so far)
+#   bash benchmarks/gpu_session.sh tests        # the CUDA tests (augmentation, graph replay, KSG, LARS, backends)
+#   bash benchmarks/gpu_session.sh ops          # operator and sync counts per step part (device-independent)
+#
+# Tables go to $OUT/bench (the device tool brings $OUT back; default results/bench). The device
+# image has its own torch and lacks some of our dependencies, so the repo goes on PYTHONPATH
+# instead of being installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MITOOLS_NO_PROGRESS=1
+out="${OUT:-results}/bench"
+mkdir -p "$out"
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+
+case "${1:-}" in
+    throughput)
+        python -m benchmarks.train_throughput --case cifar10_mio --case cifar10_emi --repeats 3 \
+            --out "$out"
+        ;;
+    compile)
+        python -m benchmarks.train_throughput --case cifar10_emi --repeats 3 \
+            --set train.compile_loss=true --out "$out/compile_loss"
+        ;;
+    tests)
+        python -m pytest -q -p no:cacheprovider -k "cuda or gpu or backends" tests
+        ;;
+    ops)
+        python -m benchmarks.step_ops --case cifar10_emi --case cifar10_mio --out "$out"
+        ;;
+    *)
+        echo "usage: bash benchmarks/gpu_session.sh throughput|compile|tests|ops" >&2
+        exit 2
+        ;;
+esac
