@@ -37,6 +37,7 @@ import re
 import signal
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -359,20 +360,35 @@ class GracefulExit:
                     save_checkpoint(...)
                     break
 
-    The first signal sets ``requested`` (and ``signal_name``); a second signal of the same kind
-    goes to the previous handler (a second Ctrl-C raises KeyboardInterrupt). Handlers are only
-    installed from the main thread (elsewhere the object is inert and warns); the previous
-    handlers are restored on exit.
+    The first signal sets ``requested`` (and ``signal_name``). A repeat within
+    ``repeat_grace_s`` seconds of the first is the same request delivered twice and is ignored:
+    a cluster scheduler signals every process of a job, and torchrun's agent forwards the signal
+    it got to its workers, so under ``srun torchrun`` each worker gets SIGTERM twice, 1 ms apart
+    (measured here). A later one goes to the previous handler (a second Ctrl-C raises
+    KeyboardInterrupt; a second SIGTERM with the default handler ends the process). Handlers
+    are only installed from the main thread (elsewhere the object is inert and warns); the
+    previous handlers are restored on exit.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(
+        self,
+        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+        repeat_grace_s: float = 2.0,
+    ) -> None:
+        if not repeat_grace_s >= 0:
+            raise ValueError(f"repeat_grace_s must be >= 0, got {repeat_grace_s!r}")
         self.signals = tuple(signals)
+        self.repeat_grace_s = float(repeat_grace_s)
         self.requested = False
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._first_at = 0.0
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.requested and signum in self._previous:
+            if now - self._first_at < self.repeat_grace_s:
+                return
             previous = self._previous[signum]
             if callable(previous):
                 previous(signum, frame)
@@ -383,6 +399,7 @@ class GracefulExit:
             return
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        self._first_at = now
 
     def install(self) -> GracefulExit:
         if threading.current_thread() is not threading.main_thread():

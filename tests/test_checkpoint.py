@@ -2,6 +2,7 @@ import os
 import pickle
 import random
 import signal
+import time
 import zipfile
 from pathlib import Path
 
@@ -233,21 +234,36 @@ def test_graceful_exit_second_sigint_raises_keyboard_interrupt():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-def test_graceful_exit_second_signal_goes_to_a_custom_previous_handler():
+def test_graceful_exit_repeats_go_to_the_previous_handler_after_the_grace_time():
+    # under srun torchrun a worker gets the scheduler's SIGTERM and the agent's forwarded one
+    # back to back: that is one request, and the worker must live to write its checkpoint
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:
-        with GracefulExit() as stop:
+        with GracefulExit(repeat_grace_s=0) as stop:
             signal.raise_signal(signal.SIGTERM)
             assert stop.requested and seen == []
             signal.raise_signal(signal.SIGTERM)
             assert seen == [signal.SIGTERM]
+        with GracefulExit(repeat_grace_s=0.2) as stop:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.requested and seen == [signal.SIGTERM]
+            time.sleep(0.25)
+            signal.raise_signal(signal.SIGTERM)  # a deliberate second request: escalate
+            assert seen == [signal.SIGTERM] * 2
+        with GracefulExit() as stop:  # the default grace holds a repeat too
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.requested and seen == [signal.SIGTERM] * 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(ValueError, match="repeat_grace_s"):
+        GracefulExit(repeat_grace_s=-1)
 
 
 def _second_sigint_raises():
-    with GracefulExit() as stop:
+    with GracefulExit(repeat_grace_s=0) as stop:
         signal.raise_signal(signal.SIGINT)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):

@@ -6,9 +6,9 @@ with a relative ``train.run_dir``. The truth is the single-node run ``torchrun -
 with the same config (the gloo DDP test ties its first-step gradients to one process with the
 whole batch).
 
-The two-node run is preempted as a cluster scheduler does it, with SIGTERM to every agent: the
-ranks must agree on one step, rank 0 alone writes the checkpoint (on the first node only), and
-exit. Resuming then needs the checkpoint on every node: without it every rank stops with the same
+The two-node run is preempted as a cluster scheduler does it, with SIGTERM to every process of
+the job (agents and workers, so each worker is signalled twice): the ranks must agree on one
+step, rank 0 alone writes the checkpoint (on the first node only), and exit. Resuming then needs the checkpoint on every node: without it every rank stops with the same
 one-line error (not a hang, not silently diverging weights); with it the resumed run ends with
 exactly the single-node run's weights (global ranks shard the data, local ranks only pick the
 device, and each rank's RNG state comes back).
@@ -109,6 +109,11 @@ def _torchrun(
     return results
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (torchrun's workers; Linux /proc)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _model(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -127,7 +132,7 @@ def test_two_nodes_preempted_and_resumed_end_like_one_node(tmp_path):
     reference = tmp_path / "single" / "run" / "last.pt"
     assert torch.load(reference, weights_only=True)["step"] == 40
 
-    # preemption: SIGTERM to both agents (what a scheduler sends) once training is under way
+    # preemption once training is under way
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     procs = _start_nodes(nodes)
     metrics = nodes[0] / "run" / "metrics.jsonl"
@@ -136,8 +141,10 @@ def test_two_nodes_preempted_and_resumed_end_like_one_node(tmp_path):
         assert all(p.poll() is None for p in procs), "the run ended before it was signalled"
         assert time.time() < deadline, "no training steps logged"
         time.sleep(0.02)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
+    # as a scheduler (Slurm) does it: SIGTERM to every process of the job, the agents and their
+    # workers, so each worker also gets its agent's forwarded SIGTERM about 1 ms later
+    for pid in [p.pid for p in procs] + [w for p in procs for w in _children(p.pid)]:
+        os.kill(pid, signal.SIGTERM)
     stopped = _finish(procs)
     assert "signal SIGTERM: checkpoint run/last.pt" in stopped[0].stdout, stopped[0].stdout[-3000:]
     assert not (nodes[1] / "run").exists()  # only global rank 0 writes
