@@ -36,6 +36,12 @@ Conventions (all stated, all tested):
   ("max_eig", "power", "trace") this is NOT the derivative of the returned value as a function of
   the inputs (s moves with the batch); it is exactly that derivative only for a fixed numeric
   scale (which is what the gradcheck tests use) or a RunningScale between updates.
+* The Taylor surrogate is not an MI estimate. A truncated series has no pole, so it is finite
+  where the covariance is singular (collapsed or identical views, where the MI is infinite or
+  undefined and ``logdet="exact"`` raises) and it does not see a negative eigenvalue below the
+  scale; ``on_violation`` checks only the top of the spectrum against the scale. Far from
+  convergence (K small for the condition number) its ``mi`` term can be far from the MI, even
+  negative. Measure MI with ``logdet="exact"`` or :func:`mitools.mi.estimators.gaussian_mi`.
 * Precision. The covariance and log-dets are computed in ``compute_dtype`` (float64 by default)
   with autocast disabled; the returned loss has dtype ``compute_dtype``.
 
