@@ -114,6 +114,19 @@ def _check_ridge(ridge: float) -> float:
     return ridge
 
 
+#: Dtypes the linear-algebra kernels (Cholesky, eigvalsh) accept, on CPU and CUDA alike.
+_LINALG_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_linalg_dtype(A: Tensor, what: str) -> None:
+    """One-line ValueError instead of torch's "... not implemented for 'Half'" deep in a kernel."""
+    if A.dtype not in _LINALG_DTYPES:
+        raise ValueError(
+            f"{what} does not support dtype {A.dtype}; pass C as float32 or float64 "
+            f"(or float64=True to compute in float64)"
+        )
+
+
 def _prepare(C: Tensor, ridge: float, dtype: torch.dtype | None = None) -> Tensor:
     """Symmetric part of C (in ``dtype``) plus ``ridge * I``."""
     if dtype is not None:
@@ -155,6 +168,7 @@ def logdet_exact(C: Tensor, *, ridge: float = 0.0, float64: bool = True) -> Tens
     C = _as_matrix(C)
     ridge = _check_ridge(ridge)
     A = _prepare(C, ridge, torch.float64 if float64 else None)
+    _check_linalg_dtype(A, "logdet_exact (Cholesky)")
     L, info = torch.linalg.cholesky_ex(A)
     if bool((info > 0).any()):
         idx = torch.nonzero(info > 0)
@@ -376,6 +390,7 @@ def taylor_scale(
         lam_max = scale.last_estimate.to(dtype=A.dtype, device=A.device).expand(batch)
     elif isinstance(scale, str):
         if scale in ("max_eig", "midrange"):
+            _check_linalg_dtype(A, f"scale rule {scale!r} (eigvalsh)")
             ev = torch.linalg.eigvalsh(A)
             lam_min, lam_max = ev[..., 0], ev[..., -1]
             s = lam_max if scale == "max_eig" else 0.5 * (lam_min + lam_max)

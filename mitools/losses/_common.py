@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from mitools._lazy_buffers import LazyBuffersMixin
 from mitools.distributed import gather_with_grad, world_size
 
-__all__ = ["LazyBuffersMixin", "check_pair", "detach_terms", "maybe_gather"]
+__all__ = [
+    "LazyBuffersMixin",
+    "check_nonnegative",
+    "check_pair",
+    "check_positive",
+    "detach_terms",
+    "maybe_gather",
+]
 
 
 def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: int = 2) -> None:
-    """Raise ValueError naming the problem unless z1, z2 are matching (N, d) float tensors.
+    """Raise ValueError naming the problem unless z1, z2 are (N, d) float tensors of equal shape
+    and dtype.
 
     ``check_finite`` costs one device synchronisation per call (``.item()`` on a reduction).
     """
@@ -23,6 +33,8 @@ def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: 
             raise ValueError(f"{name} must have shape (N, d), got shape {tuple(z.shape)}")
         if not z.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
+    if z1.dtype != z2.dtype:
+        raise ValueError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
     if z1.shape != z2.shape:
         raise ValueError(
             f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
@@ -34,6 +46,19 @@ def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: 
             if not bool(torch.isfinite(z.detach()).all()):
                 bad = int((~torch.isfinite(z.detach())).sum())
                 raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ValueError unless ``value`` is a finite number > 0 (NaN and inf are rejected:
+    ``nan <= 0`` is False, so a plain ``<= 0`` check lets NaN through to a NaN loss)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    """Raise ValueError unless ``value`` is a finite number >= 0 (NaN and inf are rejected)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def maybe_gather(z1: Tensor, z2: Tensor, gather_distributed: bool) -> tuple[Tensor, Tensor]:

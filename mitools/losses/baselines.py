@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitools.losses._common import LazyBuffersMixin, check_pair, detach_terms, maybe_gather
+from mitools.losses._common import (
+    LazyBuffersMixin,
+    check_nonnegative,
+    check_pair,
+    check_positive,
+    detach_terms,
+    maybe_gather,
+)
 
 __all__ = [
     "SimCLRLoss",
@@ -49,6 +56,7 @@ class SimCLRLoss(nn.Module):
         self, temperature: float = 0.5, gather_distributed: bool = False, check_finite: bool = True
     ) -> None:
         super().__init__()
+        check_positive("temperature", temperature)
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
         self.check_finite = check_finite
@@ -80,6 +88,7 @@ class BarlowTwinsLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
+        check_nonnegative("lambda_param", lambda_param)
         self.lambda_param = float(lambda_param)
         self.gather_distributed = gather_distributed
         self.check_finite = check_finite
@@ -121,6 +130,13 @@ class VICRegLoss(nn.Module):
         check_finite: bool = True,
     ) -> None:
         super().__init__()
+        for name, v in (
+            ("lambda_param", lambda_param),
+            ("mu_param", mu_param),
+            ("nu_param", nu_param),
+        ):
+            check_nonnegative(name, v)
+        check_positive("eps", eps)
         self.lambda_param, self.mu_param, self.nu_param = lambda_param, mu_param, nu_param
         self.eps = eps
         self.gather_distributed = gather_distributed
@@ -226,6 +242,13 @@ class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
         for name, v in (("la_R", la_R), ("la_mu", la_mu)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
+        for name, v in (
+            ("sim_loss_weight", sim_loss_weight),
+            ("cov_loss_weight", cov_loss_weight),
+            ("R_ini", R_ini),
+            ("R_eps_weight", R_eps_weight),
+        ):
+            check_nonnegative(name, v)
         self.sim_loss_weight, self.cov_loss_weight = sim_loss_weight, cov_loss_weight
         self.la_R, self.la_mu, self.R_ini, self.R_eps_weight = la_R, la_mu, R_ini, R_eps_weight
         self.gather_distributed = gather_distributed
@@ -307,8 +330,9 @@ class MECLoss(nn.Module):
         super().__init__()
         if not (isinstance(order, int) and order >= 1):
             raise ValueError(f"order must be an int >= 1, got {order!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        check_positive("eps", eps)
+        if lamda_inv is not None:
+            check_positive("lamda_inv", lamda_inv)
         self.eps, self.order, self.lamda_inv = eps, order, lamda_inv
         self.gather_distributed = gather_distributed
         self.check_finite = check_finite

@@ -47,9 +47,13 @@ twice and ``dL/du = (W + W') u = 2 W u``. For centroid negatives, with ``V`` the
 ``G = c c'``, ``dL/dc = 2 V c`` and ``dL/du_i = dL/du_{i+N} = V c``. The normalised-MSE term adds
 ``+-2 lam (u1 - u2)/(N d)``. The chain rule through ``u = z/||z||`` is
 ``dL/dz = (I - u u') (dL/du) / ||z||``; the raw-MSE term adds ``+-2 lam (z1 - z2)/(N d)`` directly.
+Both use F.normalize's convention ``u = z / max(||z||, 1e-12)``: a row with ``||z|| < 1e-12``
+(e.g. all zeros) gets ``dL/dz = (dL/du) / 1e-12``, finite and equal to autograd's.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +66,10 @@ __all__ = ["MIOLoss", "mio_loss", "mio_gradient"]
 
 _NEGATIVES = ("all", "cross_view")
 _MSE_ON = ("raw", "normalized")
+
+#: ``F.normalize``'s default eps: rows are divided by ``max(||z||, eps)``. The closed form uses
+#: the same convention so that it matches autograd of the loss on (near-)zero rows too.
+_NORM_EPS = 1e-12
 
 
 def _masks(n: int, device: torch.device, negatives: str) -> tuple[Tensor, Tensor]:
@@ -94,10 +102,11 @@ def _negative_weights(n: int, device: torch.device, negatives: str, dtype: torch
 
 
 def _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on):
-    if not (tau_p > 0 and tau_n > 0):
-        raise ValueError(f"temperatures must be > 0, got tau_p={tau_p}, tau_n={tau_n}")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+    # isfinite first: NaN fails every comparison, so "x < 0"-style checks would let it through
+    if not all(math.isfinite(t) and t > 0 for t in (tau_p, tau_n)):
+        raise ValueError(f"temperatures must be finite and > 0, got tau_p={tau_p}, tau_n={tau_n}")
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
     if negatives not in _NEGATIVES:
         raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
     if mse_on not in _MSE_ON:
@@ -127,7 +136,7 @@ def mio_loss(
     """MIO loss of one (global) batch and its terms; see the module docstring for the math."""
     _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on)
     n = z1.shape[0]
-    u = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    u = F.normalize(torch.cat([z1, z2], dim=0), dim=1, eps=_NORM_EPS)
     S = u @ u.T
     # Masked sums instead of boolean indexing (S[neg]), which would synchronise with the device
     # on every call; the positives are the two off-diagonals i -> i + n and i + n -> i, in the
@@ -185,10 +194,13 @@ def mio_gradient(
     _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on)
     if wrt not in ("input", "normalized"):
         raise ValueError(f"wrt must be 'input' or 'normalized', got {wrt!r}")
+    check_pair(z1, z2)
     with torch.no_grad():
         n, d = z1.shape
         z = torch.cat([z1, z2], dim=0)
-        norms = z.norm(dim=1, keepdim=True)
+        raw_norms = z.norm(dim=1, keepdim=True)
+        # as F.normalize in the loss: u = z / max(||z||, eps)
+        norms = raw_norms.clamp_min(_NORM_EPS)
         u = z / norms
         S = u @ u.T
         pos, neg = _masks(n, u.device, negatives)
@@ -213,7 +225,10 @@ def mio_gradient(
             g_u = g_u + torch.cat([g_mse, -g_mse], dim=0)
         if wrt == "normalized":
             return g_u[:n].clone(), g_u[n:].clone()
-        g_z = (g_u - u * (u * g_u).sum(dim=1, keepdim=True)) / norms
+        # Rows with ||z|| < eps are divided by the constant eps, so no projection term there (the
+        # gradient of clamp_min is zero below the threshold, as autograd of the loss gives).
+        radial = torch.where(raw_norms >= _NORM_EPS, u * (u * g_u).sum(dim=1, keepdim=True), 0.0)
+        g_z = (g_u - radial) / norms
         if mse_on == "raw" and lam:
             g_raw = 2.0 * lam * (z1 - z2) / (n * d)
             g_z = g_z + torch.cat([g_raw, -g_raw], dim=0)
