@@ -15,14 +15,15 @@ __all__ = [
     "check_nonnegative",
     "check_pair",
     "check_positive",
+    "common_dtype",
     "detach_terms",
     "maybe_gather",
 ]
 
 
 def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: int = 2) -> None:
-    """Raise ValueError naming the problem unless z1, z2 are (N, d) float tensors of equal shape
-    and dtype.
+    """Raise ValueError naming the problem unless z1, z2 are (N, d) float tensors of equal shape.
+    Their dtypes may differ (see :func:`common_dtype`).
 
     ``check_finite`` costs one device synchronisation per call (``.item()`` on a reduction).
     """
@@ -33,8 +34,6 @@ def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: 
             raise ValueError(f"{name} must have shape (N, d), got shape {tuple(z.shape)}")
         if not z.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
-    if z1.dtype != z2.dtype:
-        raise ValueError(f"z1 and z2 must have the same dtype, got {z1.dtype} and {z2.dtype}")
     if z1.shape != z2.shape:
         raise ValueError(
             f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
@@ -46,6 +45,17 @@ def check_pair(z1: Tensor, z2: Tensor, *, check_finite: bool = True, min_batch: 
             if not bool(torch.isfinite(z.detach()).all()):
                 bad = int((~torch.isfinite(z.detach())).sum())
                 raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+
+
+def common_dtype(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+    """Both tensors in ``torch.promote_types`` of their dtypes (no copy when they agree).
+
+    Under autocast an online output and a momentum target can come out in different dtypes
+    (bf16 from a Linear, float32 from a norm layer), and float64 references meet float32
+    embeddings in analyses: the loss is then computed in the wider dtype instead of failing in a
+    matmul with "expected scalar type"."""
+    dtype = torch.promote_types(z1.dtype, z2.dtype)
+    return z1.to(dtype), z2.to(dtype)
 
 
 def check_positive(name: str, value: float) -> None:

@@ -28,6 +28,7 @@ from mitools.losses._common import (
     check_nonnegative,
     check_pair,
     check_positive,
+    common_dtype,
     detach_terms,
     maybe_gather,
 )
@@ -67,6 +68,7 @@ class SimCLRLoss(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         loss = self._loss(z1, z2)
         n = z1.shape[0]
@@ -99,6 +101,7 @@ class BarlowTwinsLoss(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         loss = self._loss(z1, z2)
         with torch.no_grad():
@@ -150,6 +153,7 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         loss = self._loss(z1, z2)
         from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_loss
@@ -197,6 +201,7 @@ class BYOLLoss(nn.Module):
         self, z1: Tensor, z2: Tensor, target1: Tensor | None = None, target2: Tensor | None = None
     ) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite, min_batch=1)
+        z1, z2 = common_dtype(z1, z2)
         t1 = z1 if target1 is None else target1
         t2 = z2 if target2 is None else target2
         if self.stop_gradient:
@@ -275,6 +280,7 @@ class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         d = z1.shape[1]
         sim = F.mse_loss(z1, z2)
@@ -351,6 +357,7 @@ class MECLoss(nn.Module):
         self, z1: Tensor, z2: Tensor, target1: Tensor | None = None, target2: Tensor | None = None
     ) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         if target1 is not None and target2 is not None:
             t1, t2 = maybe_gather(target1.detach(), target2.detach(), self.gather_distributed)
@@ -358,6 +365,8 @@ class MECLoss(nn.Module):
             t1, t2 = z1, z2
         else:
             raise ValueError("give both target1 and target2, or neither")
+        z1, t1 = common_dtype(z1, t1)
+        z2, t2 = common_dtype(z2, t2)
         m, d = z1.shape
         lamda = d / (m * self.eps)
         lamda_inv = 1.0 / lamda if self.lamda_inv is None else self.lamda_inv

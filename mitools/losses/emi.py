@@ -62,7 +62,13 @@ import torch
 from torch import Tensor, nn
 
 from mitools.logdet import RunningScale, logdet_exact, logdet_taylor
-from mitools.losses._common import LazyBuffersMixin, check_pair, detach_terms, maybe_gather
+from mitools.losses._common import (
+    LazyBuffersMixin,
+    check_pair,
+    common_dtype,
+    detach_terms,
+    maybe_gather,
+)
 
 __all__ = ["EMILoss", "joint_covariance", "second_order_mi", "min_batch_size"]
 
@@ -247,6 +253,7 @@ class EMILoss(LazyBuffersMixin, nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         n, d = z1.shape
         if self.ema_cov.numel() and self.ema_cov.shape[0] != 2 * d:

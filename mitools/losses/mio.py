@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mitools._tensor_cache import TensorCache
-from mitools.losses._common import check_pair, detach_terms, maybe_gather
+from mitools.losses._common import check_pair, common_dtype, detach_terms, maybe_gather
 
 __all__ = ["MIOLoss", "mio_loss", "mio_gradient"]
 
@@ -195,6 +195,7 @@ def mio_gradient(
     if wrt not in ("input", "normalized"):
         raise ValueError(f"wrt must be 'input' or 'normalized', got {wrt!r}")
     check_pair(z1, z2)
+    z1, z2 = common_dtype(z1, z2)
     with torch.no_grad():
         n, d = z1.shape
         z = torch.cat([z1, z2], dim=0)
@@ -272,6 +273,7 @@ class MIOLoss(nn.Module):
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
+        z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
         loss, terms = mio_loss(z1, z2, **self.config)
         self.last_terms = detach_terms({"loss": loss, **terms})
