@@ -120,13 +120,22 @@ class _LossModule(nn.Module):
 
 
 def _check_loss(loss: Any) -> Tensor:
+    """``loss`` if it is a finite scalar tensor, else a ValueError naming what is wrong (shared
+    with the PyHessian backend, which would otherwise fail deep inside PyHessian or return NaN)."""
     if not isinstance(loss, Tensor):
         raise ValueError(f"loss_fn must return a scalar torch.Tensor, got {type(loss).__name__}")
     if loss.ndim != 0:
         raise ValueError(
             f"loss_fn must return a scalar (0-dim) tensor, got shape {tuple(loss.shape)}"
         )
+    if not bool(torch.isfinite(loss.detach())):
+        raise ValueError(f"loss is not finite: {float(loss.detach())}")
     return loss
+
+
+def _check_loss_graph(loss: Tensor, names: list[str]) -> None:
+    if not loss.requires_grad:
+        raise ValueError(f"loss does not depend on the selected parameters (no grad_fn): {names}")
 
 
 class HessianOperator:
@@ -252,13 +261,7 @@ class HessianOperator:
     def _build_graph(self, batch: Any) -> tuple[list[Tensor], list[int]]:
         with bn_context(self.model, self.bn_mode):
             loss = _check_loss(self.loss_fn(self.model, batch))
-            if not bool(torch.isfinite(loss.detach())):
-                raise ValueError(f"loss is not finite: {float(loss.detach())}")
-            if not loss.requires_grad:
-                raise ValueError(
-                    "loss does not depend on the selected parameters (no grad_fn): "
-                    f"{self.param_names}"
-                )
+            _check_loss_graph(loss, self.param_names)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         unused = [n for n, g in zip(self.param_names, grads, strict=False) if g is None]
         if unused:

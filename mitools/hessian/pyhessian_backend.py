@@ -20,6 +20,11 @@ PyHessian hard-codes ``loss = criterion(model(inputs), targets)``, forces ``mode
 PyHessian conventions kept: its power iteration finds the eigenvalues of LARGEST MAGNITUDE
 (deflated), its probes are Rademacher, and its tridiagonal is assembled in float32. Fixed
 iteration counts are obtained by passing ``tol=-inf`` (its stopping tests never fire).
+
+Bad inputs raise the core API's one-line ValueErrors before PyHessian runs (it has no checks of
+its own: k > n returns n + 1 values, a NaN loss gives a NaN trace): the counts (k in [1, n],
+n_probes >= 2, steps/runs >= 1, max_iter >= 1), grid and sigma, and the loss, evaluated once in
+the session: a finite scalar tensor depending on the selected parameters.
 """
 
 from __future__ import annotations
@@ -34,8 +39,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mitools.hessian.operator import bn_context, select_parameters
-from mitools.hessian.spectra import DensityResult, EigenResult, TraceResult, gaussian_density
+from mitools.hessian.operator import (
+    _check_loss,
+    _check_loss_graph,
+    bn_context,
+    select_parameters,
+)
+from mitools.hessian.spectra import (
+    DensityResult,
+    EigenResult,
+    TraceResult,
+    _check_count,
+    _check_grid,
+    _check_k,
+    _check_sigma,
+    gaussian_density,
+)
 
 __all__ = [
     "torch_eig_shim",
@@ -114,6 +133,12 @@ def _pyhessian_session(
             p.requires_grad_(id(p) in keep)
             p.grad = None
         with torch.random.fork_rng(devices=devices):
+            # the check runs inside the fork (a random closure leaves the caller's RNG alone) and
+            # before the seeding (PyHessian's probes are the same as without the check)
+            with torch.enable_grad():
+                loss = _check_loss(wrapper(dummy))
+            _check_loss_graph(loss, [n for n, _ in chosen])
+            del loss
             torch.manual_seed(int(seed))
             h = PyHessian(
                 wrapper, _identity_criterion, data=(dummy, dummy), cuda=device.type == "cuda"
@@ -126,6 +151,10 @@ def _pyhessian_session(
             p.grad = g
         for m, was in modes:
             m.training = was
+
+
+def _n_selected(model: nn.Module, params: Any) -> int:
+    return sum(p.numel() for _, p in select_parameters(model, params))
 
 
 def _flat(vs: list[Tensor]) -> Tensor:
@@ -151,6 +180,8 @@ def pyhessian_top_eigenvalues(
     """
     from mitools.hessian.operator import HessianOperator
 
+    _check_k(k, _n_selected(model, params))
+    _check_count("max_iter", max_iter, 1)
     with _pyhessian_session(model, loss_fn, batch, params, bn_mode, seed) as (h, _):
         vals, vecs = h.eigenvalues(maxIter=int(max_iter), tol=float(tol), top_n=int(k))
     Y = torch.stack([_flat(v) for v in vecs], 1)
@@ -186,7 +217,9 @@ def pyhessian_trace(
     params: Any = None,
     bn_mode: str = "eval",
 ) -> TraceResult:
-    """PyHessian's Hutchinson estimate with exactly ``n_probes`` Rademacher probes."""
+    """PyHessian's Hutchinson estimate with exactly ``n_probes`` (>= 2, for the std error)
+    Rademacher probes."""
+    _check_count("n_probes", n_probes, 2)
     with _pyhessian_session(model, loss_fn, batch, params, bn_mode, seed) as (h, _):
         samples = np.asarray(h.trace(maxIter=int(n_probes), tol=-math.inf), dtype=np.float64)
     se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
@@ -209,8 +242,10 @@ def pyhessian_density(
 ) -> DensityResult:
     """PyHessian's SLQ (``density(iter=steps, n_v=runs)``) with :func:`torch_eig_shim`; the
     smoothing matches :func:`~mitools.hessian.spectral_density`. ``steps`` is capped at n."""
-    n = sum(p.numel() for _, p in select_parameters(model, params))
-    steps = min(int(steps), n)
+    steps = min(_check_count("steps", steps, 1), _n_selected(model, params))
+    runs = _check_count("runs", runs, 1)
+    _check_grid(grid)
+    _check_sigma(sigma)
     with (
         _pyhessian_session(model, loss_fn, batch, params, bn_mode, seed) as (h, _),
         torch_eig_shim(),

@@ -255,14 +255,55 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.concatenate([top, bottom])
 
 
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass but never a meaningful count; floats (even 2.0) are rejected so a
+    # computed non-integral count fails loudly instead of being truncated
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` and the allowed range ``>= minimum``."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_k(k: Any, n: int) -> int:
+    """Number of wanted eigenpairs: an int in ``[1, n]``."""
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be an int in [1, n={n}], got {k!r}")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of parameters n={n} (need 1 <= k <= n)")
+    return int(k)
+
+
+def _check_sigma(sigma: Any) -> None:
+    """User-given smoothing width: None (automatic) or positive and finite; checked before any
+    Hessian-vector product is spent."""
+    real = isinstance(sigma, int | float | np.integer | np.floating) and not isinstance(sigma, bool)
+    if sigma is not None and not (real and 0 < sigma < math.inf):
+        raise ValueError(f"sigma must be None or a positive finite number, got {sigma!r}")
+
+
+def _check_grid(grid: Any) -> None:
+    """Density grid: a point count >= 1, or a non-empty 1-D array of finite points."""
+    if _is_int(grid):
+        if grid < 1:
+            raise ValueError(f"grid must be a point count >= 1 or an array of points, got {grid}")
+        return
+    arr = np.asarray(grid, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ValueError(
+            "grid must be a point count >= 1 or a non-empty 1-D array of finite points, "
+            f"got shape {arr.shape} with {int(np.sum(~np.isfinite(arr)))} non-finite values"
+        )
+
+
 def _validate(op: Any, k: int, which: str, tol: float, max_iter: int) -> int:
     n = _check_op(op)
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if k > n:
-        raise ValueError(f"k={k} is larger than the number of parameters n={n}")
+    _check_k(k, n)
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be positive and finite, got {tol}")
     if max_iter < 1:
@@ -442,10 +483,11 @@ def trace(
     n = _check_op(op)
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    n_probes = int(n_probes)
-    need = 3 if method == "hutch++" else 2
-    if n_probes < need:
-        raise ValueError(f"{method} needs n_probes >= {need}, got {n_probes}")
+    # hutchinson: 2 probes for a sample std; hutch++: s = m // 3 >= 1 sketch vectors
+    n_probes = _check_count("n_probes", n_probes, 3 if method == "hutch++" else 2)
+    if block_size is not None:
+        if not _is_int(block_size) or block_size < 1:
+            raise ValueError(f"block_size must be None or an int >= 1, got {block_size!r}")
     g = _rng(seed)
     if method == "hutchinson":
         Z = _rademacher(n, n_probes, g, op)
@@ -496,9 +538,10 @@ def spectral_density(
     spanning the nodes' range padded by ``5 sigma``; ``sigma`` (default 1% of the nodes' range)
     is the Gaussian smoothing width."""
     n = _check_op(op)
-    if runs < 1 or steps < 1:
-        raise ValueError(f"runs and steps must be >= 1, got runs={runs}, steps={steps}")
-    steps = min(int(steps), n)
+    runs = _check_count("runs", runs, 1)
+    steps = min(_check_count("steps", steps, 1), n)
+    _check_grid(grid)
+    _check_sigma(sigma)
     g = _rng(seed)
     start = getattr(op, "n_matvecs", 0)
     nodes = np.zeros((runs, steps))
