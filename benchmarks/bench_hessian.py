@@ -4,10 +4,12 @@
         [--quantities top1 trace density] [--engines auto] [--out results/bench]
 
 Small CNNs (``small_cnn``; projector 32-16 without BN) on one frozen batch of augmented digits
-view pairs, SimCLR loss, float32, CPU: widths 4-8 with batch 64 (1.2k params), widths 8-16-32 with
+view pairs, SimCLR loss, float32: widths 4-8 with batch 64 (1.2k params), widths 8-16-32 with
 batch 128 (7.5k params), and (opt-in, slow: ``--configs cnn_16_32_64_b128``) widths 16-32-64 with
-batch 128 (29k params). Timed, each including operator / PyHessian construction (the first
-forward + backward):
+batch 128 (29k params). ``--configs resnet18_cifar_b64`` is the issue's GPU case: ResNet-18 with
+the CIFAR stem (11M params, BN in eval mode) on 64 pairs of random 32x32 RGB views (no dataset
+needed). ``--device cuda`` runs everything on the GPU (timings synchronise the device). Timed,
+each including operator / PyHessian construction (the first forward + backward):
 
 - top-1 eigenvalue with 20 products: our Lanczos (max_iter=20; +1 product for the true
   residual) vs PyHessian's power iteration (maxIter=20, tol=-inf);
@@ -52,24 +54,33 @@ CONFIGS = {
     "cnn_4_8_b64": ([4, 8], 64),
     "cnn_8_16_32_b128": ([8, 16, 32], 128),
     "cnn_16_32_64_b128": ([16, 32, 64], 128),
+    "resnet18_cifar_b64": (None, 64),  # widths None: ResNet-18, CIFAR stem, random RGB views
 }
 DEFAULT_CONFIGS = ["cnn_4_8_b64", "cnn_8_16_32_b128"]
 QUANTITIES = ("top1", "trace", "density")
 
 
-def setup(batch: int, widths: list[int] = (8, 16, 32), seed: int = 0):
+def setup(batch: int, widths: list[int] | None = (8, 16, 32), seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
-    spec = EncoderSpec(
-        arch="small_cnn",
-        in_channels=1,
-        widths=list(widths),
-        projector_dims=[32, 16],
-        projector_bn=False,
-        projector_last_bn=False,
-    )
-    model = SSLModel(spec).eval()
-    ds = build_dataset("digits", None, "train")
-    x1, x2 = freeze_views(_images(ds), batch, BatchAugment(get_preset("digits")), seed=seed)
+    if widths is None:
+        spec = EncoderSpec(
+            arch="resnet18", cifar_stem=True, in_channels=3, projector_dims=[512, 128]
+        )
+        g = torch.Generator().manual_seed(seed)
+        x1, x2 = torch.rand(2, batch, 3, 32, 32, generator=g)
+    else:
+        spec = EncoderSpec(
+            arch="small_cnn",
+            in_channels=1,
+            widths=list(widths),
+            projector_dims=[32, 16],
+            projector_bn=False,
+            projector_last_bn=False,
+        )
+        ds = build_dataset("digits", None, "train")
+        x1, x2 = freeze_views(_images(ds), batch, BatchAugment(get_preset("digits")), seed=seed)
+    model = SSLModel(spec).eval().to(device)
+    x1, x2 = x1.to(device), x2.to(device)
     loss = build_loss("simclr", check_finite=False).eval()
 
     def loss_fn(m, b):
@@ -83,9 +94,13 @@ def _images(ds) -> torch.Tensor:
     return torch.stack(xs).float()
 
 
-def _timed(fn) -> tuple[float, object]:
+def _timed(fn, device: str = "cpu") -> tuple[float, object]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
 
 
@@ -97,11 +112,12 @@ def run(
     steps: int = 64,
     quantities: tuple[str, ...] = QUANTITIES,
     engines: tuple[str, ...] = ("auto",),
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """One row per (quantity, engine); ``engines`` (HessianOperator ``hvp``) apply to the trace,
     top-1 and density always use the default ``auto`` (single-vector products)."""
     widths, batch = CONFIGS[config]
-    model, fn, b = setup(batch, widths)
+    model, fn, b = setup(batch, widths, device=device)
     n = sum(p.numel() for p in model.parameters())
 
     def ours_of(name: str, engine: str):
@@ -139,9 +155,9 @@ def run(
         v_p = None
         for _ in range(repeats):
             for e in engs:
-                t, v_o[e] = _timed(ours[e])
+                t, v_o[e] = _timed(ours[e], device)
                 t_ours[e].append(t)
-            t_p, v_p = _timed(theirs[name])
+            t_p, v_p = _timed(theirs[name], device)
             t_theirs.append(t_p)
             for e in engs:
                 ratios[e].append(t_p / t_ours[e][-1])
@@ -153,6 +169,7 @@ def run(
                     "engine": e,
                     "n_params": n,
                     "batch": batch,
+                    "device": device,
                     "ours_s": statistics.median(t_ours[e]),
                     "pyhessian_s": statistics.median(t_theirs),
                     "speedup": statistics.median(ratios[e]),
@@ -177,14 +194,23 @@ def main(argv: list[str] | None = None) -> int:
         "--engines", nargs="+", default=["auto"], choices=["auto", "vjp", "func", "graph"]
     )
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     configs = args.configs[:1] if args.quick else args.configs
     repeats = 1 if args.quick else args.repeats
     df = pd.concat(
         [
-            run(c, repeats=repeats, quantities=tuple(args.quantities), engines=tuple(args.engines))
+            run(
+                c,
+                repeats=repeats,
+                quantities=tuple(args.quantities),
+                engines=tuple(args.engines),
+                device=args.device,
+            )
             for c in configs
         ]
     )

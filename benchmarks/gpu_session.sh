@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh compile      # EMI with train.compile_loss=true (unmeasured on a GPU so far)
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests (augmentation, graph replay, KSG, LARS, backends)
 #   bash benchmarks/gpu_session.sh ops          # operator and sync counts per step part (device-independent)
+#   bash benchmarks/gpu_session.sh hessian      # Hessian top-1/trace/density vs PyHessian, ResNet-18 (CIFAR stem)
 #
 # Tables go to $OUT/bench (the device tool brings $OUT back; default results/bench). The device
 # image has its own torch and lacks some of our dependencies, so the repo goes on PYTHONPATH
@@ -15,6 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MITOOLS_NO_PROGRESS=1
 out="${OUT:-results}/bench"
+case "${1:-}" in
+    throughput | compile | tests | ops | hessian) ;;
+    *)
+        echo "usage: bash benchmarks/gpu_session.sh throughput|compile|tests|ops|hessian" >&2
+        exit 2
+        ;;
+esac
 mkdir -p "$out"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
@@ -34,8 +42,8 @@ case "${1:-}" in
     ops)
         python -m benchmarks.step_ops --case cifar10_emi --case cifar10_mio --out "$out"
         ;;
-    *)
-        echo "usage: bash benchmarks/gpu_session.sh throughput|compile|tests|ops" >&2
-        exit 2
+    hessian)
+        python -m benchmarks.bench_hessian --device cuda --configs resnet18_cifar_b64 --repeats 3 \
+            --out "$out"
         ;;
 esac
