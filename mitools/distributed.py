@@ -60,17 +60,31 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.local_size]
 
 
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(t: torch.Tensor, *, check_shapes: bool = False) -> torch.Tensor:
     """Concatenate ``t`` (shape ``(n, ...)``) from all ranks along dim 0, rank order, with gradient.
 
     Identity when not distributed or world size 1. The backward pass all-reduces (sums) the
     incoming gradient and returns this rank's slice: see the module docstring for why this,
     combined with DDP's gradient averaging, reproduces the single-process gradient.
+
+    ``check_shapes``: first compare the ranks' shapes (one extra small collective and a host
+    read) and raise the same ValueError on every rank when they differ; unchecked, unequal
+    shapes abort the processes inside gloo/NCCL. The losses check when their ``check_finite``
+    is on (the trainer, which always gives ranks equal batches, turns it off).
     """
     if not is_distributed() or dist.get_world_size() == 1:
         return t
     if t.ndim == 0:
         raise ValueError("gather_with_grad needs a tensor with a batch dimension, got a scalar")
+    if check_shapes:
+        shapes: list = [None] * dist.get_world_size()
+        dist.all_gather_object(shapes, tuple(t.shape))
+        if len(set(shapes)) > 1:
+            seen = ", ".join(f"rank {r}: {tuple(s)}" for r, s in enumerate(shapes))
+            raise ValueError(
+                f"gather_with_grad: the ranks hold different shapes ({seen}); all_gather needs "
+                "the same per-rank batch on every rank (e.g. drop_last=True)"
+            )
     return _AllGatherWithGrad.apply(t)
 
 

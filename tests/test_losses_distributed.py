@@ -76,6 +76,13 @@ def _worker(r: int, path: str) -> None:
         full = gather_with_grad(t)
         (grad,) = torch.autograd.grad((full * torch.arange(4.0).double()[:, None]).sum(), t)
         checks = {"gathered": full.detach().flatten().tolist(), "grad": grad.flatten().tolist()}
+        # unequal per-rank batches: the same one-line error on every rank, not a gloo abort
+        uneven = torch.zeros(3 + r, 2, dtype=torch.float64)
+        try:
+            build_loss("simclr", gather_distributed=True)(uneven, uneven + 1)
+            checks["uneven"] = "no error"
+        except ValueError as exc:
+            checks["uneven"] = str(exc)
         results = _run(True, slice(r * N_PER_RANK, (r + 1) * N_PER_RANK))
         torch.save({"checks": checks, "results": results}, f"{path}/rank{r}.pt")
     finally:
@@ -94,6 +101,10 @@ def test_gather_with_grad_semantics(distributed_results):
         assert res["checks"]["gathered"] == [1.0, 1.0, 2.0, 2.0]
         # each rank's loss weights the gathered rows by 0..3; both ranks' grads are summed: 2x
         assert res["checks"]["grad"] == [2.0 * (2 * r), 2.0 * (2 * r + 1)]
+        assert res["checks"]["uneven"] == (
+            "gather_with_grad: the ranks hold different shapes (rank 0: (3, 2), rank 1: (4, 2)); "
+            "all_gather needs the same per-rank batch on every rank (e.g. drop_last=True)"
+        )
     assert not is_distributed() and world_size() == 1 and rank() == 0
     t = torch.ones(3, 2)
     assert gather_with_grad(t) is t

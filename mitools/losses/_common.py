@@ -71,10 +71,16 @@ def check_nonnegative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def maybe_gather(z1: Tensor, z2: Tensor, gather_distributed: bool) -> tuple[Tensor, Tensor]:
-    """Global batch (rank order) when ``gather_distributed`` and world size > 1; else unchanged."""
+def maybe_gather(
+    z1: Tensor, z2: Tensor, gather_distributed: bool, check_shapes: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Global batch (rank order) when ``gather_distributed`` and world size > 1; else unchanged.
+    ``check_shapes``: see :func:`mitools.distributed.gather_with_grad`."""
     if gather_distributed and world_size() > 1:
-        return gather_with_grad(z1), gather_with_grad(z2)
+        return (
+            gather_with_grad(z1, check_shapes=check_shapes),
+            gather_with_grad(z2, check_shapes=check_shapes),
+        )
     return z1, z2
 
 

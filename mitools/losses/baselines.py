@@ -69,7 +69,7 @@ class SimCLRLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         loss = self._loss(z1, z2)
         n = z1.shape[0]
         self.last_terms = detach_terms({"loss": loss, "infonce_bound": math.log(2 * n - 1) - loss})
@@ -102,7 +102,7 @@ class BarlowTwinsLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         loss = self._loss(z1, z2)
         with torch.no_grad():
             n = z1.shape[0]
@@ -154,7 +154,7 @@ class VICRegLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         loss = self._loss(z1, z2)
         from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_loss
 
@@ -281,7 +281,7 @@ class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         d = z1.shape[1]
         sim = F.mse_loss(z1, z2)
         with torch.autocast(device_type=z1.device.type, enabled=False):
@@ -358,9 +358,11 @@ class MECLoss(nn.Module):
     ) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         if target1 is not None and target2 is not None:
-            t1, t2 = maybe_gather(target1.detach(), target2.detach(), self.gather_distributed)
+            t1, t2 = maybe_gather(
+                target1.detach(), target2.detach(), self.gather_distributed, self.check_finite
+            )
         elif target1 is None and target2 is None:
             t1, t2 = z1, z2
         else:

@@ -254,7 +254,7 @@ class EMILoss(LazyBuffersMixin, nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         n, d = z1.shape
         if self.ema_cov.numel() and self.ema_cov.shape[0] != 2 * d:
             raise ValueError(f"EMA covariance is {tuple(self.ema_cov.shape)} but inputs have d={d}")

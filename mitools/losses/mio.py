@@ -274,7 +274,7 @@ class MIOLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
-        z1, z2 = maybe_gather(z1, z2, self.gather_distributed)
+        z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         loss, terms = mio_loss(z1, z2, **self.config)
         self.last_terms = detach_terms({"loss": loss, **terms})
         return loss
