@@ -10,24 +10,35 @@ mode (running statistics). The checkpoints are trainer runs (``trainers/pretrain
   reused: the collapse driver and the figures read the same folders), objectives
   :data:`OBJECTIVES` (quick: :data:`QUICK_OBJECTIVES`), epochs :func:`default_epochs` (quick: the
   first and the last; full: 1, 5, 10, 20, 30, ... and the last);
-- ``runs={name: run folder}`` (CLI ``--runs name=folder``): any trainer runs (e.g. CIFAR); every
-  ``epoch_XXXX.pt`` found is analysed unless ``epochs`` is given.
+- ``runs={name: run folder or checkpoint}`` (CLI ``--runs name=PATH``): any trainer runs (e.g.
+  CIFAR); for a folder every ``epoch_XXXX.pt`` found is analysed unless ``epochs`` is given, a
+  checkpoint file is one epoch (the number in its ``epoch_XXXX.pt`` name, else its ``"epoch"``
+  entry) whose metrics are read from the ``metrics.jsonl`` next to it.
 
 The loss is the checkpoint's own training loss (``config["loss"]``: name and params); a checkpoint
 without a config falls back to the objective name with :data:`LOSS_CONFIG`. The Hessian is of
 ``loss(z1, z2)`` (projections; predictor outputs if the spec has a predictor) without any momentum
-target, for the loss module in eval mode (no EMA / running-state updates). ``train_loss`` is the
-trainer's mean training loss of that epoch (``mean_loss`` of the ``"kind": "epoch"`` line of
-``metrics.jsonl``; NaN when absent).
+target, for the loss module in eval mode (no EMA / running-state updates). ``train_loss``,
+``probe_top1`` and ``knn_top1`` are the trainer's mean training loss and its online monitoring
+(linear-probe and kNN top-1 accuracy, %, on the held-out split) of that epoch: ``mean_loss``,
+``probe_top1`` and ``knn_top1`` of the ``"kind": "epoch"`` line of ``metrics.jsonl``, NaN when
+absent (no metrics file, or the run did not evaluate that epoch: ``eval.every_epochs``).
+
+Bad input (a missing path, a folder without ``epoch_*.pt``, a corrupt checkpoint, non-finite
+weights, ...) makes the CLI print one ``error: ...`` line naming the path and exit 2 (``--debug``
+shows the traceback), as :mod:`mitools.diagnose` does.
 
     python -m analysis.hessian_compare --quick
     python -m analysis.hessian_compare --runs emi=runs/digits_emi mio=runs/digits_mio
+    python -m analysis.hessian_compare --runs emi=runs/digits_emi/epoch_0010.pt
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +69,9 @@ OBJECTIVES = ("emi", "mio", "simclr", "barlow_twins", "vicreg")
 # cross-view covariance) and SimCLR (contrastive over all pairs).
 QUICK_OBJECTIVES = ("emi", "mio", "simclr", "barlow_twins")
 FULL_EPOCH_MARKS = (1, 5, 10, 20, 30, 50, 100, 200)
+# Per-epoch trainer metrics copied into the summary: column -> key of the "epoch" record.
+EPOCH_METRICS = {"train_loss": "mean_loss", "probe_top1": "probe_top1", "knn_top1": "knn_top1"}
+EXIT_BAD_INPUT = 2
 LOSS_CONFIG: dict[str, dict[str, Any]] = {"emi": {"ridge": 1e-4}}
 
 
@@ -119,30 +133,78 @@ def _checkpoint_loss(objective: str, state: dict[str, Any]):
     return _loss_closure(objective)
 
 
-def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, float]]:
-    """``{epoch: epoch_XXXX.pt}`` of a trainer run folder and ``{epoch: mean training loss}``."""
-    ckpts = {
-        int(m.group(1)): p
-        for p in Path(path).glob("epoch_*.pt")
-        if (m := re.fullmatch(r"epoch_(\d+)", p.stem))
-    }
+def _epoch_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
+    """``{epoch: {column: value}}`` of :data:`EPOCH_METRICS` from a run folder's
+    ``metrics.jsonl`` (a later record of the same epoch, e.g. after a resume, wins)."""
     from trainers.pretrain import read_metrics
 
-    losses = {
-        int(rec["epoch"]): float(rec["mean_loss"])
-        for rec in read_metrics(path, kind="epoch")
-        if rec.get("mean_loss") is not None
+    metrics: dict[int, dict[str, float]] = {}
+    for rec in read_metrics(run_dir, kind="epoch"):
+        if rec.get("epoch") is None:
+            continue
+        values = metrics.setdefault(int(rec["epoch"]), {})
+        for column, key in EPOCH_METRICS.items():
+            if isinstance(rec.get(key), (int, float)):
+                values[column] = float(rec[key])
+    return metrics
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """The epoch of one checkpoint file: the number in ``epoch_XXXX.pt``, else its ``"epoch"``."""
+    if m := re.fullmatch(r"epoch_(\d+)", path.stem):
+        return int(m.group(1))
+    from mitools.checkpoint import load_checkpoint
+
+    epoch = load_checkpoint(path, required=()).get("epoch")
+    if not isinstance(epoch, int):
+        raise ValueError(f"{path}: no epoch in the file name (epoch_XXXX.pt) or the checkpoint")
+    return epoch
+
+
+def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, dict[str, float]]]:
+    """``{epoch: checkpoint}`` of a trainer run folder (its ``epoch_XXXX.pt``) or of one
+    checkpoint file, and the run's per-epoch metrics (:func:`_epoch_metrics` of the folder, or
+    of the folder holding the file). A missing path or a folder without checkpoints is a
+    ValueError naming it."""
+    path = Path(path)
+    if path.is_file():
+        return {_checkpoint_epoch(path): path}, _epoch_metrics(path.parent)
+    if not path.exists():
+        raise ValueError(f"{path}: no such run folder or checkpoint")
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a run folder or checkpoint file")
+    ckpts = {
+        int(m.group(1)): p
+        for p in path.glob("epoch_*.pt")
+        if (m := re.fullmatch(r"epoch_(\d+)", p.stem))
     }
-    return ckpts, losses
+    if not ckpts:
+        raise ValueError(f"{path}: no epoch_*.pt checkpoints in this folder")
+    return ckpts, _epoch_metrics(path)
 
 
 def _load_model(path: Path) -> tuple[SSLModel, dict[str, Any]]:
     from mitools.checkpoint import load_checkpoint
 
     state = load_checkpoint(path, required=("model", "encoder_spec"))
-    model = SSLModel(EncoderSpec.from_dict(state["encoder_spec"]))
-    model.load_state_dict(state["model"])
+    bad = sum(
+        int(t.numel() - torch.isfinite(t).sum())
+        for t in state["model"].values()
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
+    if bad:
+        raise ValueError(f"{path}: the model weights contain {bad} non-finite values (NaN or inf)")
+    try:
+        model = SSLModel(EncoderSpec.from_dict(state["encoder_spec"]))
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {_first_line(exc)}") from exc
     return model.eval(), state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _analyse(model: SSLModel, loss_fn, views, sizes: dict[str, Any], seed: int):
@@ -180,7 +242,7 @@ def run(
     """Write ``hessian_compare.csv`` (one row per objective x epoch) and ``hessian_density.csv``
     (objective, epoch, x, density); return the one named by ``returns`` ("summary"/"density").
 
-    ``runs``: ``{name: trainer run folder}``; None: the digits runs of ``objectives`` made or
+    ``runs``: ``{name: trainer run folder or checkpoint file}``; None: the digits runs of ``objectives`` made or
     reused by :func:`analysis.digits_runs.ensure_runs` under ``run_root`` (default
     ``out / "runs"``). ``epochs``: the epochs to analyse (each must have a checkpoint); None:
     :func:`default_epochs` for the digits runs, every checkpoint for ``runs``.
@@ -217,11 +279,9 @@ def _run(
         objectives = tuple(objectives or sizes["objectives"])
         root = Path(run_root) if run_root is not None else out / "runs"
         folders = digits_runs.ensure_runs(objectives, root, quick=quick, seed=seed, threads=None)
-    jobs: list[tuple[str, int, Path, float]] = []
+    jobs: list[tuple[str, int, Path, dict[str, float]]] = []
     for name, folder in folders.items():
-        ckpts, losses = _run_checkpoints(folder)
-        if not ckpts:
-            raise ValueError(f"no epoch_*.pt checkpoints in {folder}")
+        ckpts, metrics = _run_checkpoints(folder)
         if epochs is not None:
             chosen = sorted(set(epochs))
             missing = [e for e in chosen if e not in ckpts]
@@ -232,13 +292,19 @@ def _run(
                 )
         else:
             chosen = sorted(ckpts) if runs else default_epochs(list(ckpts), quick)
-        jobs += [(name, ep, ckpts[ep], losses.get(ep, float("nan"))) for ep in chosen]
+        nan = dict.fromkeys(EPOCH_METRICS, math.nan)
+        jobs += [(name, ep, ckpts[ep], {**nan, **metrics.get(ep, {})}) for ep in chosen]
+    for _, _, path, _ in jobs:  # bad checkpoints fail here, before any Hessian is computed
+        _load_model(path)
     views = freeze_views(_digits_images(), sizes["views"], BatchAugment(get_preset("digits")), seed)
     rows, dens_rows = [], []
-    for name, ep, path, train_loss in progress(jobs, desc="hessian"):
+    for name, ep, path, epoch_metrics in progress(jobs, desc="hessian"):
         model, state = _load_model(path)
-        row, dens = _analyse(model, _checkpoint_loss(name, state), views, sizes, seed)
-        rows.append({"objective": name, "epoch": ep, "train_loss": train_loss, **row})
+        try:
+            row, dens = _analyse(model, _checkpoint_loss(name, state), views, sizes, seed)
+        except (ValueError, RuntimeError) as exc:  # e.g. a collapsed model's non-finite loss
+            raise ValueError(f"{path}: {_first_line(exc)}") from exc
+        rows.append({"objective": name, "epoch": ep, **epoch_metrics, **row})
         dens_rows += [{"objective": name, "epoch": ep, "x": x, "density": d}
                       for x, d in zip(dens.grid, dens.density, strict=True)]  # fmt: skip
     df = pd.DataFrame(rows)
@@ -254,25 +320,42 @@ def _run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="*", default=None, help="NAME=RUN_DIR (trainer folders)")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        default=None,
+        help="NAME=PATH: a trainer run folder or one epoch_XXXX.pt checkpoint",
+    )
     parser.add_argument("--objectives", nargs="*", default=None)
     parser.add_argument(
         "--epochs", nargs="*", type=int, default=None, help="epochs to analyse (default: see doc)"
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
     args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, OSError, EOFError, RuntimeError, KeyError, TypeError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _main(args) -> int:
     runs = None
     if args.runs:
         runs = {}
         for item in args.runs:
             if "=" not in item:
-                raise SystemExit(f"--runs expects NAME=RUN_DIR, got {item!r}")
+                raise ValueError(f"--runs expects NAME=PATH, got {item!r}")
             k, v = item.split("=", 1)
             runs[k] = v
     df = run(args.quick, Path(args.out), args.seed, runs=runs,
              objectives=tuple(args.objectives) if args.objectives else None,
              epochs=tuple(args.epochs) if args.epochs else None)  # fmt: skip
     with pd.option_context("display.width", 160):
-        print(df[["objective", "epoch", "train_loss", "top1", "min_eigenvalue", "trace"]])
+        cols = ["objective", "epoch", "train_loss", "probe_top1", "top1", "min_eigenvalue", "trace"]
+        print(df[cols])
     return 0
 
 

@@ -9,12 +9,14 @@ tests/test_diagnose.py::test_real_digits_runs_alignment_flagged_emi_mio_healthy.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 
-from analysis import digits_runs
+from analysis import digits_runs, hessian_compare
 from mitools.checkpoint import load_checkpoint
 
 TINY = (
@@ -233,3 +235,103 @@ def test_hessian_user_runs_and_epoch_choice(tmp_path, train_calls):
     full = hessian_compare.default_epochs(list(range(1, 31)), quick=False)
     assert full == sorted({e for e in marks if e <= 30} | {30}) and full[0] == 1
     assert hessian_compare.default_epochs([4, 1, 2, 3], quick=False)[-1] == 4
+
+
+# ----------------------------------------------------------------------------- hessian_compare CLI
+# The per-epoch probe / kNN accuracy of the run next to the curvature, run folders or single
+# checkpoints, and bad input as one ``error:`` line with exit 2.
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """2 epochs, monitoring at epoch 2 only: epoch 1's accuracies must be NaN."""
+    root = tmp_path_factory.mktemp("runs")
+    with digits_runs.torch_threads(1):
+        return digits_runs.ensure_run(
+            "emi", root, quick=True, epochs=2, overrides=(*TINY, "eval.every_epochs=2")
+        )
+
+
+def _cli(args, capsys):
+    code = hessian_compare.main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _same(value, expected):
+    if expected is None:
+        return math.isnan(value)
+    return value == pytest.approx(expected)
+
+
+def test_summary_has_the_runs_probe_and_knn_accuracy(evaluated_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _cli(["--quick", "--out", str(out), "--runs", f"emi={evaluated_run}"], capsys)
+    assert code == 0, err
+    summary = pd.read_csv(out / f"{hessian_compare.NAME}.csv")
+    assert {"train_loss", "probe_top1", "knn_top1"} <= set(summary.columns)
+    records = {r["epoch"]: r for r in _epoch_records(evaluated_run)}
+    assert sorted(summary["epoch"]) == sorted(records) == [1, 2]
+    assert "probe_top1" not in records[1] and "probe_top1" in records[2]
+    for _, row in summary.iterrows():
+        rec = records[int(row["epoch"])]
+        assert _same(row["train_loss"], rec.get("mean_loss"))
+        assert _same(row["probe_top1"], rec.get("probe_top1"))
+        assert _same(row["knn_top1"], rec.get("knn_top1"))
+    assert math.isnan(summary.set_index("epoch").loc[1, "probe_top1"])
+    assert not math.isnan(summary.set_index("epoch").loc[2, "probe_top1"])
+
+
+def test_cli_accepts_one_checkpoint_file(evaluated_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    ckpt = evaluated_run / "epoch_0002.pt"
+    code, err = _cli(["--quick", "--out", str(out), "--runs", f"emi={ckpt}"], capsys)
+    assert code == 0, err
+    summary = pd.read_csv(out / f"{hessian_compare.NAME}.csv")
+    assert list(summary["objective"]) == ["emi"] and list(summary["epoch"]) == [2]
+    rec = {r["epoch"]: r for r in _epoch_records(evaluated_run)}[2]
+    assert summary["probe_top1"].iloc[0] == pytest.approx(rec["probe_top1"])
+    assert summary["train_loss"].iloc[0] == pytest.approx(rec["mean_loss"])
+    # a file not named epoch_XXXX.pt: the epoch comes from the checkpoint itself
+    ckpts, _ = hessian_compare._run_checkpoints(evaluated_run / "last.pt")
+    assert ckpts == {2: evaluated_run / "last.pt"}
+
+
+def _bad_inputs(evaluated_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt_dir = tmp_path / "corrupt"
+    corrupt_dir.mkdir()
+    corrupt = corrupt_dir / "epoch_0001.pt"
+    corrupt.write_text("not a checkpoint\n")
+    nan_dir = tmp_path / "nan"
+    nan_dir.mkdir()
+    state = torch.load(evaluated_run / "epoch_0001.pt", map_location="cpu", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    nan_ckpt = nan_dir / "epoch_0001.pt"
+    torch.save(state, nan_ckpt)
+    return {
+        "missing folder": (tmp_path / "nope", tmp_path / "nope"),
+        "missing file": (tmp_path / "nope" / "epoch_0003.pt", tmp_path / "nope"),
+        "no checkpoints": (empty, empty),
+        "corrupt file": (corrupt, corrupt),
+        "corrupt in folder": (corrupt_dir, corrupt),
+        "nan weights": (nan_ckpt, nan_ckpt),
+        "nan weights in folder": (nan_dir, nan_ckpt),
+    }
+
+
+def test_bad_input_is_one_error_line_and_exit_2(evaluated_run, tmp_path, capsys):
+    for label, (arg, named) in _bad_inputs(evaluated_run, tmp_path).items():
+        out = tmp_path / "out"
+        code, err = _cli(["--quick", "--out", str(out), "--runs", f"emi={arg}"], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2, (label, err)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (label, err)
+        assert str(named) in lines[0], (label, lines[0])
+        assert not (out / f"{hessian_compare.NAME}.csv").exists(), label
+    code, err = _cli(["--quick", "--out", str(tmp_path), "--runs", str(evaluated_run)], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --runs expects NAME=PATH, got {str(evaluated_run)!r}"
+    ]

@@ -11,15 +11,6 @@ from mitools.logdet import logdet_exact, logdet_taylor
 from mitools.losses import LOSSES, MIOLoss, build_loss, mio_gradient
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: thread start-up dominates on a shared machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _pair(n=8, d=4, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, d, generator=g, dtype=torch.float64)
