@@ -43,6 +43,16 @@ case "${1:-}" in
         python -m benchmarks.step_ops --case cifar10_emi --case cifar10_mio --out "$out"
         ;;
     hessian)
+        # the device image has no pyhessian and no internet: bring its wheel along, made on the
+        # dev machine with `pip download --no-deps pyhessian==0.1 -d .wheels` (carry: [".wheels"])
+        if ! python -c "import pyhessian" 2>/dev/null; then
+            if [ -d .wheels ]; then
+                pip install -q --no-index --no-deps --find-links .wheels pyhessian
+            else
+                echo "pyhessian missing: pip download --no-deps pyhessian==0.1 -d .wheels, carry .wheels" >&2
+                exit 2
+            fi
+        fi
         python -m benchmarks.bench_hessian --device cuda --configs resnet18_cifar_b64 --repeats 3 \
             --out "$out"
         ;;
