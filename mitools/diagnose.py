@@ -5,9 +5,9 @@ nothing in the file can run code):
 
 - a trainer checkpoint (:mod:`mitools.checkpoint` schema: ``model`` + ``encoder_spec``): the
   encoder is rebuilt from the stored spec; layers ``backbone`` (h) and ``projector`` (z);
-- a plain state dict (torchvision, DDP, other SSL code): needs ``--arch`` (and ``--cifar-stem``
-  for CIFAR-style ResNets); prefixes ``module.``, ``_orig_mod.``, ``backbone.``, ``encoder.`` are
-  stripped, a classifier head ``fc.*`` is dropped; the input channels come from the dataset and
+- a plain state dict (torchvision, DDP, other SSL code), also wrapped as ``{"state_dict": ...}``
+  (PyTorch Lightning): needs ``--arch`` (and ``--cifar-stem`` for CIFAR-style ResNets); prefixes
+  ``module.``, ``_orig_mod.``, ``backbone.``, ``encoder.``, ``model.`` are stripped, a classifier head ``fc.*`` is dropped; the input channels come from the dataset and
   ``small_cnn`` widths from the conv weights; layer ``backbone`` only;
 - embeddings: a ``.npy`` array or a ``.pt`` file holding a 2-D tensor or a dict with ``z`` (or
   ``embeddings``) and optionally ``z2`` (a second view, for the alignment).
@@ -255,6 +255,12 @@ def load_input(
         if z2 is not None and z2.shape != z.shape:
             raise DiagnoseError(f"{path}: z2 has shape {z2.shape}, z has {z.shape}")
         return LoadedInput("embeddings", path, embeddings={"z": z}, second_view=z2)
+    notes: list[str] = []
+    wrapped = obj.get("state_dict")
+    if "encoder_spec" not in obj and isinstance(wrapped, Mapping) and _all_tensors(wrapped):
+        # PyTorch Lightning and many training scripts save {"state_dict": ..., "epoch": ...}
+        obj = dict(wrapped)
+        notes.append("read the file's 'state_dict' entry")
     try:
         if "model" in obj and "encoder_spec" in obj:
             state = obj["model"]
@@ -285,7 +291,7 @@ def load_input(
                 f"{path}: a checkpoint without 'encoder_spec'; pass its state dict alone with "
                 "--arch, or re-save it with mitools.checkpoint"
             )
-        if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if not _all_tensors(obj):
             raise DiagnoseError(
                 f"{path}: neither a checkpoint, a state dict nor embeddings (keys: "
                 f"{sorted(map(str, obj))[:6]})"
@@ -297,7 +303,6 @@ def load_input(
             )
         _check_finite_weights(path, obj)
         state = strip_prefixes(obj)
-        notes = []
         if any(k.startswith("backbone.") for k in state):
             state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
             notes.append("kept the backbone.* entries of the state dict")
@@ -612,6 +617,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.fail_on == "collapse" and any(r.collapsed for r in reports.values()):
         return EXIT_COLLAPSE
     return EXIT_OK
+
+
+def _all_tensors(mapping: Mapping) -> bool:
+    return bool(mapping) and all(isinstance(v, torch.Tensor) for v in mapping.values())
 
 
 def _check_out_dir(out: Path) -> None:

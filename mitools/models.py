@@ -56,8 +56,9 @@ __all__ = [
 ARCHS = ("resnet18", "resnet50", "small_cnn", "mlp")
 
 # Prefixes added by wrappers: DDP/DataParallel ("module."), torch.compile ("_orig_mod."), and the
-# attribute names other SSL code bases give the backbone ("backbone.", "encoder.").
-DEFAULT_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
+# attribute names other SSL code bases give the backbone ("backbone.", "encoder.", and "model."
+# of a LightningModule holding the network as self.model).
+DEFAULT_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.", "model.")
 
 
 @dataclass

@@ -113,6 +113,21 @@ def test_plain_torchvision_state_dict(tmp_path, capsys):
         [*args, "--arch", "resnet18", "--cifar-stem", "--layer", "projector"], capsys
     )
     _assert_bad_input(code, err, "projector")
+    # Lightning-style: {"state_dict": {"model.<key>": ...}, "epoch": ...} gives the same report
+    lightning = tmp_path / "lightning.ckpt"
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3},
+        lightning,
+    )
+    reports = []
+    for source in (path, lightning):
+        code, text, err = _run(
+            [source, *args[1:], "--arch", "resnet18", "--cifar-stem", "--format", "json"], capsys
+        )
+        assert code == EXIT_OK, err
+        reports.append(json.loads(text))
+    assert "read the file's 'state_dict' entry" in reports[1]["notes"]
+    assert reports[1]["layers"] == reports[0]["layers"]
 
 
 def test_embeddings_files_and_exit_codes(tmp_path, capsys):
