@@ -528,6 +528,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.hessian and loaded.kind != "checkpoint":
         print(HESSIAN_MESSAGE, file=sys.stderr)
+    for option in _ignored_options(args, loaded.kind):
+        print(f"warning: {option}", file=sys.stderr)
     meta: dict[str, Any] = {"input": str(loaded.path), "kind": loaded.kind, "notes": loaded.notes}
     if loaded.kind == "embeddings":
         embeddings = loaded.embeddings
@@ -617,6 +619,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.fail_on == "collapse" and any(r.collapsed for r in reports.values()):
         return EXIT_COLLAPSE
     return EXIT_OK
+
+
+def _ignored_options(args: argparse.Namespace, kind: str) -> list[str]:
+    """The given options that do not apply to this kind of input (said, not silently dropped)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--arch", args.arch), ("--cifar-stem", args.cifar_stem), ("--data", args.data),
+            ("--split", args.split), ("--layer", args.layer),
+        )
+        if value
+    ]  # fmt: skip
+    if kind == "checkpoint":
+        moot = [f for f in given if f in ("--arch", "--cifar-stem")]
+        why = "the checkpoint stores its encoder"
+    elif kind == "embeddings":
+        moot = given
+        why = "the input is embeddings, no model is run"
+    else:
+        return []
+    return [f"{', '.join(moot)} ignored: {why}"] if moot else []
 
 
 def _all_tensors(mapping: Mapping) -> bool:

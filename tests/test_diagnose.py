@@ -413,3 +413,18 @@ def test_layer_help_states_the_calibration(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "projector" in text and "0.21-0.22" in text and "0.25" in text
     assert "indicative" in text
+
+
+def test_options_that_do_not_apply_are_named(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "z.npy", rng.standard_normal((300, 16)).astype(np.float32))
+    code, _, err = _run([tmp_path / "z.npy", "--arch", "resnet18", "--layer", "backbone"], capsys)
+    assert code == EXIT_OK, err
+    assert "warning: --arch, --layer ignored: the input is embeddings" in err
+    path = tmp_path / "ckpt.pt"
+    torch.save(_trainer_state(SPEC.to_dict()), path)
+    code, _, err = _run([path, "--samples", 64, "--arch", "small_cnn"], capsys)
+    assert code == EXIT_OK, err
+    assert "warning: --arch ignored: the checkpoint stores its encoder" in err
+    code, _, err = _run([path, "--samples", 64], capsys)
+    assert code == EXIT_OK and "ignored" not in err
