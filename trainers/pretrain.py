@@ -364,9 +364,9 @@ def check_resume(cfg: Config, resume: str | None, run_dir: Path | None = None) -
 
 def _check_resume(
     cfg: Config, resume: str | None, run_dir: Path | None = None
-) -> tuple[Path | None, str | None]:
-    """:func:`check_resume`, and a description of the checkpoint's position and weights (epoch,
-    step, batch and a float64 sum of the model's floating tensors) that tells two files apart."""
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """:func:`check_resume`, and the checkpoint's state it loaded (on the CPU), which the
+    trainer resumes from without reading the file again."""
     from mitools.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
     from mitools.models import EncoderSpec, SSLModel, StateDictMismatchError, _check_fits
 
@@ -413,33 +413,39 @@ def _check_resume(
             f"{where} {'has' if has_ema else 'has no'} momentum encoder but the config sets "
             f"model.momentum_encoder={str(cfg.model.momentum_encoder).lower()}"
         )
+    return path, state
+
+
+def _resume_position(state: dict[str, Any]) -> str:
+    """Epoch, step, batch and a float64 sum of the model's floating tensors: tells two
+    checkpoint files apart across ranks without sending the weights."""
     weights = sum(
         float(t.double().sum()) for t in state["model"].values() if torch.is_floating_point(t)
     )
-    position = (
+    return (
         f"epoch {state.get('epoch')}, step {state.get('step')}, batch "
         f"{state.get('batch_in_epoch', 0)}, weight sum {weights!r}"
     )
-    return path, position
 
 
-def _resume_on_all_ranks(cfg: Config, resume: str | None, run_dir: Path, ddp: _Dist) -> Path | None:
-    """:func:`check_resume` on every rank, and under DDP the same checkpoint on all of them.
+def _resume_on_all_ranks(
+    cfg: Config, resume: str | None, run_dir: Path, ddp: _Dist
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """:func:`_check_resume` on every rank, and under DDP the same checkpoint on all of them.
 
     Each rank reads its own file system. On several nodes without a shared run folder,
     ``--resume auto`` finds the checkpoint on the first node only: the other nodes' ranks would
     start afresh, drift apart from rank 0 (DDP averages gradients, not weights), write nothing
     and hang at the end. So the ranks compare what they found (errors included) and all stop with
     the same one-line error unless every rank holds the same checkpoint."""
+    if ddp.world == 1:
+        return _check_resume(cfg, resume, run_dir)
     try:
-        path, position = _check_resume(cfg, resume, run_dir)
+        path, state = _check_resume(cfg, resume, run_dir)
+        position = None if state is None else _resume_position(state)
         found = "none found" if path is None else f"{path} ({position})"
     except ConfigError as exc:
-        if ddp.world == 1:
-            raise
-        path, position, found = None, None, f"error: {exc}"
-    if ddp.world == 1:
-        return path
+        path, state, position, found = None, None, None, f"error: {exc}"
     everyone: list[Any] = [None] * ddp.world
     dist.all_gather_object(everyone, (position, found))
     errors = [f for _, f in everyone if f.startswith("error: ")]
@@ -452,7 +458,7 @@ def _resume_on_all_ranks(cfg: Config, resume: str | None, run_dir: Path, ddp: _D
             "on several nodes the run folder (train.run_dir) must be on a file system every "
             "node sees, or each node needs a copy of the same checkpoint"
         )
-    return path
+    return path, state
 
 
 @dataclass
@@ -719,7 +725,6 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     from mitools.checkpoint import (
         GracefulExit,
         capture_rng_state,
-        load_checkpoint,
         mitools_version,
         restore_rng_state,
         save_checkpoint,
@@ -758,7 +763,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         )
     local_batch = cfg.data.batch_size // ddp.world
     run_dir = resolve_run_dir(cfg)
-    ckpt_path = _resume_on_all_ranks(cfg, resume or None, run_dir, ddp)  # before any work
+    ckpt_path, ckpt_state = _resume_on_all_ranks(cfg, resume or None, run_dir, ddp)  # before work
     _check_tensorboard(cfg)
     show = cfg.train.progress and ddp.main and progress_enabled()
 
@@ -846,8 +851,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
     # --- resume
     epoch, step, batch_in_epoch = 0, 0, 0
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, map_location=device)
+    if ckpt_state is not None:
+        state = ckpt_state  # read once (on the CPU) by the check; load_state_dict copies over
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
