@@ -48,6 +48,7 @@ import torch
 from analysis import digits_runs
 from analysis._common import base_parser, progress, write_table
 from mitools.data import BatchAugment, build_dataset, get_preset
+from mitools.diagnose import _check_finite_weights, _first_line  # the same one-line errors
 from mitools.hessian import HessianOperator, freeze_views, spectral_density, top_eigenvalues, trace
 from mitools.losses import LOSSES, build_loss
 from mitools.models import EncoderSpec, SSLModel
@@ -187,24 +188,13 @@ def _load_model(path: Path) -> tuple[SSLModel, dict[str, Any]]:
     from mitools.checkpoint import load_checkpoint
 
     state = load_checkpoint(path, required=("model", "encoder_spec"))
-    bad = sum(
-        int(t.numel() - torch.isfinite(t).sum())
-        for t in state["model"].values()
-        if isinstance(t, torch.Tensor) and t.is_floating_point()
-    )
-    if bad:
-        raise ValueError(f"{path}: the model weights contain {bad} non-finite values (NaN or inf)")
+    _check_finite_weights(path, state["model"])
     try:
         model = SSLModel(EncoderSpec.from_dict(state["encoder_spec"]))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: {_first_line(exc)}") from exc
     return model.eval(), state
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _analyse(model: SSLModel, loss_fn, views, sizes: dict[str, Any], seed: int):

@@ -43,8 +43,8 @@ def test_mixed_dtypes_are_computed_in_the_wider_dtype_by_every_loss(name):
     [
         ("mio", {"lam": float("nan")}, "lam"),
         ("mio", {"lam": float("inf")}, "lam"),
-        ("mio", {"tau_p": float("nan")}, "temperatures"),
-        ("mio", {"tau_n": float("inf")}, "temperatures"),
+        ("mio", {"tau_p": float("nan")}, "temperature tau_p"),
+        ("mio", {"tau_n": float("inf")}, "temperature tau_n"),
         ("simclr", {"temperature": float("nan")}, "temperature"),
         ("simclr", {"temperature": float("inf")}, "temperature"),
         ("simclr", {"temperature": -0.5}, "temperature"),

@@ -200,7 +200,7 @@ def test_bad_inputs_and_config():
     inf[0, 0] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         MIOLoss()(inf, z2)
-    with pytest.raises(ValueError, match="temperatures"):
+    with pytest.raises(ValueError, match="temperature tau_p"):
         MIOLoss(tau_p=0.0)
     with pytest.raises(ValueError, match="negatives"):
         MIOLoss(negatives="hard")

@@ -53,14 +53,19 @@ Both use F.normalize's convention ``u = z / max(||z||, 1e-12)``: a row with ``||
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mitools._tensor_cache import TensorCache
-from mitools.losses._common import check_pair, common_dtype, detach_terms, maybe_gather
+from mitools.losses._common import (
+    check_nonnegative,
+    check_pair,
+    check_positive,
+    common_dtype,
+    detach_terms,
+    maybe_gather,
+)
 
 __all__ = ["MIOLoss", "mio_loss", "mio_gradient"]
 
@@ -102,11 +107,9 @@ def _negative_weights(n: int, device: torch.device, negatives: str, dtype: torch
 
 
 def _validate(tau_p, tau_n, lam, negatives, remove_positive_repulsion, negative_bound, mse_on):
-    # isfinite first: NaN fails every comparison, so "x < 0"-style checks would let it through
-    if not all(math.isfinite(t) and t > 0 for t in (tau_p, tau_n)):
-        raise ValueError(f"temperatures must be finite and > 0, got tau_p={tau_p}, tau_n={tau_n}")
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    check_positive("temperature tau_p", tau_p)
+    check_positive("temperature tau_n", tau_n)
+    check_nonnegative("lam", lam)
     if negatives not in _NEGATIVES:
         raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
     if mse_on not in _MSE_ON:
