@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ from trainers.config import (
     load_config,
 )
 
+if TYPE_CHECKING:
+    from mitools.models import SSLModel
+
 __all__ = [
     "ConstantLoss",
     "materialise_on_device",
@@ -67,6 +70,7 @@ __all__ = [
     "NonFiniteLossError",
     "TwoViewModel",
     "build_loss_from_config",
+    "build_online_model",
     "configure_cuda_backends",
     "preflight",
     "resolve_run_dir",
@@ -248,6 +252,26 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
         return build_loss(cfg.loss.name, **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"loss: {exc}") from exc
+
+
+def build_online_model(
+    cfg: Config, device: torch.device, world: int = 1, channels_last: bool = False
+) -> SSLModel:
+    """The online encoder + projector of ``cfg.model`` on ``device``, as the trainer builds it.
+
+    With ``world > 1`` and ``model.sync_batchnorm`` its BatchNorm layers become SyncBatchNorm,
+    which normalises with the statistics of the global batch (all ranks), so DDP on ``world``
+    ranks computes the same BN outputs and gradients as one process with the whole batch.
+    A momentum target built from it inherits the SyncBatchNorm layers.
+    """
+    from mitools.models import EncoderSpec, SSLModel
+
+    model = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1 and cfg.model.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def build_optimizer_from_config(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -738,7 +762,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         preset_for,
     )
     from mitools.data.datasets import build_dataset, get_spec
-    from mitools.models import EncoderSpec, MomentumEncoder, SSLModel, cosine_momentum
+    from mitools.models import EncoderSpec, MomentumEncoder, cosine_momentum
     from mitools.optim import WarmupCosineLR
 
     # --- device, distributed, determinism
@@ -817,11 +841,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     # --- model (same init on every rank), DDP wrapper, EMA target, loss, optimiser, schedule
     _seed_all(cfg.train.seed)
     spec = EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
-    model = SSLModel(spec).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if ddp.world > 1 and cfg.model.sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = build_online_model(cfg, device, ddp.world, channels_last)
     net: nn.Module = TwoViewModel(model)
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(
