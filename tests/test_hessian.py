@@ -246,7 +246,7 @@ def test_hutchpp_has_lower_variance_than_hutchinson(kind, name):
     assert var_h / var_pp > 2.7, (var_h, var_pp)
 
 
-@pytest.mark.parametrize("kind,name", [("mlp", "vicreg"), ("cnn", "simclr"), ("cnn", "emi")])
+@pytest.mark.parametrize("kind,name", CASES)
 def test_density_moments_match_exact_within_sampling_error(kind, name):
     """Run r gives v^T H^p v exactly (p <= 2 steps - 1), v = z/sqrt(n), z Rademacher, so the
     mean over R runs is unbiased for tr(H^p)/n with variance 2 (||A||_F^2 - sum A_ii^2)/(n^2 R),
