@@ -21,8 +21,12 @@ lists, tuples, str, int, float, bool, None - no numpy arrays, Paths or custom cl
     mitools_version str
     ============== ==============================================================================
 
-Writes are atomic: :func:`save_checkpoint` writes a temporary file in the same folder, fsyncs it
-and ``os.replace``-s it over the target, so a crash leaves either the old or the new file.
+Writes are atomic: :func:`save_checkpoint` (and :func:`atomic_write_bytes` /
+:func:`atomic_write_text` for other files, e.g. result JSONs) writes a temporary file in the same
+folder, fsyncs it and ``os.replace``-s it over the target, so a crash leaves either the old or the
+new file. The new file's permissions are those of a normally created file, ``0o666 & ~umask``
+(e.g. ``-rw-r--r--`` under umask 022), so group members of a shared cluster can read checkpoints
+when the umask allows it (``tempfile.mkstemp`` would give ``0o600`` whatever the umask).
 :func:`load_checkpoint` never unpickles code (``weights_only=True`` only) and turns every failure
 into a one-line :class:`CheckpointError`.
 """
@@ -34,16 +38,16 @@ import os
 import pickle
 import random
 import re
+import secrets
 import signal
-import tempfile
 import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -53,6 +57,8 @@ __all__ = [
     "REQUIRED_KEYS",
     "CheckpointError",
     "GracefulExit",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "capture_rng_state",
     "find_latest_checkpoint",
     "load_checkpoint",
@@ -133,36 +139,92 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str], state: Mapping[str, Any], verify: bool = False
-) -> Path:
-    """Atomically write ``state`` with ``torch.save``; returns the path.
+_TEMP_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 
-    The data go to a hidden temporary file in the destination folder, which is flushed, fsynced
-    and then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows); on any failure
-    the temporary file is removed and the previous ``path`` is untouched. ``verify=True`` reloads
-    the temporary file with :func:`load_checkpoint` (``weights_only``) before the rename, so a
-    state holding non-plain objects fails at save time rather than at resume time.
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create a new hidden file ``.NAME.<random>.tmp`` next to ``path``; returns (fd, its path).
+
+    Opened with mode ``0o666`` and ``O_EXCL``, so the kernel applies the umask (and a folder's
+    default ACL) exactly as for a normally created file; ``tempfile.mkstemp`` forces ``0o600``.
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"state must be a dict, got {type(state).__name__}")
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
+def _atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], None],
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """The one atomic-write implementation: ``write(f)`` fills a temporary file in ``path``'s folder
+    (created, parents too, if missing), which is flushed, fsynced, passed to ``check`` (if given)
+    and renamed over ``path``; the folder is then fsynced. On any failure the temporary file is
+    removed and a previous ``path`` is untouched. Mode: ``0o666 & ~umask`` (see :func:`_create_temp`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        if verify:
-            load_checkpoint(tmp, required=())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data`` to ``path`` (folder created if missing); returns the path.
+
+    Temporary file in the same folder, fsync, ``os.replace``: a crash leaves the old file or the
+    new one, never a partial one, and no temporary file is left after an exception. The new file's
+    mode is ``0o666 & ~umask``, as for ``open(path, "wb")``.
+    """
+    return _atomic_write(path, lambda f: f.write(bytes(data)))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding`` (UTF-8 by default; no
+    newline translation)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], state: Mapping[str, Any], verify: bool = False
+) -> Path:
+    """Atomically write ``state`` with ``torch.save``; returns the path.
+
+    The data go to a hidden temporary file in the destination folder (created if missing), which
+    is flushed, fsynced and then renamed over ``path`` (``os.replace`` is atomic on POSIX and
+    Windows); on any failure the temporary file is removed and the previous ``path`` is untouched.
+    The file's mode is ``0o666 & ~umask``, as for a normally created file. ``verify=True``
+    reloads the temporary file with :func:`load_checkpoint` (``weights_only``) before the rename,
+    so a state holding non-plain objects fails at save time rather than at resume time.
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state must be a dict, got {type(state).__name__}")
+    state = dict(state)
+    check = (lambda tmp: load_checkpoint(tmp, required=())) if verify else None
+    return _atomic_write(path, lambda f: torch.save(state, f), check)
 
 
 def _looks_like_text(head: bytes) -> bool:

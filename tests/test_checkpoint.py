@@ -51,6 +51,47 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # temp file removed
 
 
+@pytest.fixture
+def restore_umask():
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
+def test_written_files_follow_the_umask(tmp_path, restore_umask):
+    # mkstemp creates 0600 whatever the umask; the final file must look normally created
+    for umask in (0o022, 0o027, 0o077):
+        os.umask(umask)
+        folder = tmp_path / f"u{umask:o}"
+        writes = [
+            (save_checkpoint, "last.pt", _state(1)),
+            (save_checkpoint, "last.pt", _state(2)),  # over an existing file
+            (ckpt.atomic_write_text, "r.json", "{}\n"),
+            (ckpt.atomic_write_bytes, "b.bin", b"\x00\x01"),
+        ]
+        for write, name, content in writes:
+            path = write(folder / name, content)
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))
+        assert sorted(p.name for p in folder.iterdir()) == ["b.bin", "last.pt", "r.json"]
+
+
+def test_atomic_write_text_round_trip_and_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = ckpt.atomic_write_text(tmp_path / "new" / "r.json", "é\r\nx")  # folder created
+    assert path.read_bytes() == "é\r\nx".encode()  # UTF-8, no newline translation
+    ckpt.atomic_write_text(path, "old")
+
+    def failing_replace(src, dst):
+        raise OSError("rename failed (simulated)")
+
+    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        ckpt.atomic_write_text(path, "new")
+    monkeypatch.undo()
+    assert path.read_text() == "old"
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # temp file removed
+
+
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     good = save_checkpoint(tmp_path / "good.pt", _state(3))
     files = {}

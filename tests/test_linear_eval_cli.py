@@ -1,7 +1,8 @@
 """The ``python -m trainers.linear_eval`` command line: its default protocol (the standard,
-augmented one), the protocol-dependent weight decay recorded in the JSON, and bad input (an
-unwritable ``--out``, a corrupt checkpoint, non-positive counts) as a one-line error with exit
-status 2 before any evaluation runs."""
+augmented one), the protocol-dependent weight decay, seed and EMA flag recorded in the JSON, the
+JSON's file mode, and bad input (an unwritable ``--out``, a corrupt checkpoint, a folder as
+checkpoint, a checkpoint of another architecture or channel count, a missing dataset,
+non-positive counts) as a one-line error with exit status 2 before any evaluation runs."""
 
 from __future__ import annotations
 
@@ -14,25 +15,53 @@ from pathlib import Path
 import pytest
 import torch
 
+import mitools.data.datasets
 from mitools.checkpoint import save_checkpoint
-from mitools.models import EncoderSpec, SSLModel
+from mitools.models import EncoderSpec, MomentumEncoder, SSLModel
+from tests.test_data_datasets import make_cifar10
 from trainers import linear_eval
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _small_spec(in_channels: int = 1, widths=(8, 16, 16)) -> EncoderSpec:
+    return EncoderSpec(
+        arch="small_cnn", in_channels=in_channels, widths=list(widths), projector_dims=[16, 8]
+    )
+
+
+def _save_ckpt(path: Path, spec: EncoderSpec, data: dict, **extra) -> Path:
+    """A checkpoint as the trainer writes it, of ``SSLModel(spec)`` at its random init (evaluating
+    it costs about a second; no training needed to exercise the command line)."""
+    state = {"model": SSLModel(spec).state_dict(), "epoch": 0, "step": 0,
+             "config": {"data": data}, "encoder_spec": spec.to_dict()}  # fmt: skip
+    state.update(extra)
+    return save_checkpoint(path, state)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """A digits checkpoint as the trainer writes it (small CNN at its random init: evaluating it
-    costs about a second; no training needed to exercise the command line)."""
+    """A digits checkpoint (1-channel small CNN)."""
     torch.manual_seed(0)
-    spec = EncoderSpec(arch="small_cnn", in_channels=1, widths=[8, 16, 16], projector_dims=[16, 8])
-    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
-    save_checkpoint(path, {
-        "model": SSLModel(spec).state_dict(), "epoch": 0, "step": 0,
-        "config": {"data": {"name": "digits"}}, "encoder_spec": spec.to_dict(),
-    })  # fmt: skip
-    return path
+    return _save_ckpt(
+        tmp_path_factory.mktemp("ckpt") / "last.pt", _small_spec(), {"name": "digits"}
+    )
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory) -> Path:
+    """A tiny CIFAR-10 in the real on-disk format (10 training, 3 test images)."""
+    root = tmp_path_factory.mktemp("cifar")
+    make_cifar10(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rgb_ckpt(tmp_path_factory, cifar_root) -> Path:
+    """A 3-channel checkpoint of a run on ``cifar_root``."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("rgb") / "last.pt"
+    return _save_ckpt(path, _small_spec(3), {"name": "cifar10", "root": str(cifar_root)})
 
 
 @pytest.fixture
@@ -209,7 +238,6 @@ def test_corrupt_checkpoint_is_one_line_error(ckpt, tmp_path, capsys, no_evaluat
         (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
         (["--lr", "nan"], "--lr must be a finite number > 0"),
         (["--data", "digitz"], "unknown dataset 'digitz'"),
-        (["--data", "cifar10"], "pass --root DIR"),
         (["--device", "foo"], "--device 'foo' is not a torch device"),
     ],
 )
@@ -218,9 +246,131 @@ def test_bad_arguments_are_one_line_errors_before_work(ckpt, capsys, no_evaluati
     assert msg in _one_line_error(capsys.readouterr().err)
 
 
+def test_dataset_without_root_is_one_line_error(tmp_path, capsys, no_evaluation):
+    path = _save_ckpt(tmp_path / "last.pt", _small_spec(3), {"name": "cifar10"})  # no root stored
+    assert linear_eval.main(["--checkpoint", str(path)]) == 2
+    assert "pass --root DIR" in _one_line_error(capsys.readouterr().err)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_device_without_cuda_is_one_line_error(ckpt, capsys, no_evaluation):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     assert linear_eval.main(["--checkpoint", str(ckpt), "--device", "cuda"]) == 2
     assert "CUDA is not available" in _one_line_error(capsys.readouterr().err)
+
+
+def _fake_result(**kwargs) -> linear_eval.ProbeResult:
+    return linear_eval.ProbeResult(50.0, 40.0, 100, 359, 16, None, 20, 0.07, "lbfgs", "cached")
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "names"),
+    [
+        ("digits", ["--data", "cifar10"], ("1-channel", "'cifar10' has 3 channels")),
+        ("rgb", ["--data", "digits"], ("3-channel", "'digits' has 1 channels")),
+    ],
+    ids=["1-channel-ckpt-on-cifar10", "3-channel-ckpt-on-digits"],
+)
+def test_channel_mismatch_is_one_line_error_before_data_work(
+    ckpt, rgb_ckpt, cifar_root, capsys, monkeypatch, which, extra, names
+):
+    # the audit's case: a digits checkpoint on (real-format) CIFAR crashed with a traceback in
+    # the first convolution, after both datasets had been read
+    opened = []
+    real_build = mitools.data.datasets.build_dataset
+
+    def spy(*args, **kwargs):
+        opened.append(args)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(mitools.data.datasets, "build_dataset", spy)
+    path = ckpt if which == "digits" else rgb_ckpt
+    argv = ["--checkpoint", str(path), "--root", str(cifar_root), "--protocol", "cached", *extra]
+    assert linear_eval.main(argv) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert all(n in line for n in names), line
+    assert opened == []  # no dataset was opened
+
+
+def test_matching_channels_on_real_format_cifar_runs(rgb_ckpt, cifar_root, tmp_path):
+    # the control of the test above: the same fixture and check accept a 3-channel checkpoint
+    out = tmp_path / "r.json"
+    argv = ["--checkpoint", str(rgb_ckpt), "--data", "cifar10", "--root", str(cifar_root),
+            "--protocol", "cached", "--steps", "5", "--knn-k", "3", "--out", str(out)]  # fmt: skip
+    assert linear_eval.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["data"] == "cifar10" and res["n_train"] == 10 and res["n_eval"] == 3
+
+
+def test_checkpoint_from_another_architecture_is_one_line_error(tmp_path, capsys, no_evaluation):
+    spec = _small_spec()
+    others = {
+        "widths": SSLModel(_small_spec(widths=(4, 8, 8))).state_dict(),  # same keys, other shapes
+        "mlp": SSLModel(EncoderSpec(arch="mlp", in_channels=1, input_dim=64, widths=[16],
+                                    projector_dims=[8])).state_dict(),  # other keys
+    }  # fmt: skip
+    for name, weights in others.items():
+        path = _save_ckpt(tmp_path / f"{name}.pt", spec, {"name": "digits"}, model=weights)
+        assert linear_eval.main(["--checkpoint", str(path)]) == 2, name
+        line = _one_line_error(capsys.readouterr().err)
+        assert "another architecture" in line, line
+
+
+def test_directory_as_checkpoint_is_named_and_last_pt_suggested(
+    ckpt, tmp_path, capsys, no_evaluation
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (run_dir / "last.pt").write_bytes(ckpt.read_bytes())
+    assert linear_eval.main(["--checkpoint", str(run_dir)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"{run_dir} is a directory" in line and f"did you mean {run_dir / 'last.pt'}?" in line
+    assert linear_eval.main(["--checkpoint", str(empty)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"{empty} is a directory" in line and "did you mean" not in line
+
+
+def test_missing_dataset_message_names_what_applies_to_linear_eval(rgb_ckpt, tmp_path, capsys):
+    root = tmp_path / "no_cifar_here"
+    root.mkdir()
+    argv = ["--checkpoint", str(rgb_ckpt), "--root", str(root), "--protocol", "cached"]
+    assert linear_eval.main(argv) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(root / "cifar-10-batches-py" / "data_batch_1") in line  # the loader's facts stay
+    assert "cifar-10-python.tar.gz" in line
+    assert "linear_eval does not download" in line and "point --root at" in line
+    assert "download=True" not in line  # options linear_eval does not have
+
+
+def test_json_records_seed_and_ema(tmp_path):
+    torch.manual_seed(2)
+    spec = _small_spec()
+    ema = MomentumEncoder(SSLModel(spec)).state_dict()  # other weights than the online model's
+    path = _save_ckpt(tmp_path / "last.pt", spec, {"name": "digits"}, ema=ema)
+    common = ["--checkpoint", str(path), "--protocol", "cached", "--labels-per-class", "5",
+              "--knn-k", "10", "--steps", "5"]  # fmt: skip
+    results = {}
+    for name, extra in {"online": [], "ema": ["--ema", "--seed", "3"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert linear_eval.main([*common, *extra, "--out", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["online"]["seed"] == 0 and results["online"]["ema"] is False
+    assert results["ema"]["seed"] == 3 and results["ema"]["ema"] is True
+
+
+def test_out_json_mode_follows_umask(ckpt, tmp_path, monkeypatch):
+    # mkstemp's 0600 kept group members of a shared cluster from reading results
+    monkeypatch.setattr(linear_eval, "evaluate_backbone", lambda *a, **k: _fake_result())
+    old = os.umask(0o022)
+    try:
+        for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+            os.umask(umask)
+            out = tmp_path / f"u{umask:o}" / "r.json"
+            assert linear_eval.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
+            assert out.stat().st_mode & 0o777 == mode, oct(out.stat().st_mode)
+            assert [f.name for f in out.parent.iterdir()] == ["r.json"]
+    finally:
+        os.umask(old)

@@ -32,10 +32,17 @@ Protocol (stated, as every option here):
 * ``labels_per_class`` N: the probe/kNN training set is the first N images of each class under a
   permutation drawn from ``numpy.random.default_rng(seed)`` (the evaluation split is untouched).
 
-Bad input (missing or corrupt checkpoint, unknown dataset, non-positive counts, an output path
-that cannot be written, ...) is a one-line ``error: ...`` on stderr and exit status 2, before any
-evaluation runs. ``--out`` is written atomically (temporary file in the same folder, then
-``os.replace``).
+Bad input (missing or corrupt checkpoint, a folder given as checkpoint, unknown dataset, a dataset
+whose channel count differs from the checkpoint encoder's ``in_channels``, non-positive counts, an
+output path that cannot be written, ...) is a one-line ``error: ...`` on stderr and exit status 2,
+before any evaluation runs; a dataset missing under ``--root`` is reported the same way when it is
+first opened, before any feature is computed (linear_eval never downloads).
+
+Output: the JSON (stdout, and ``--out`` if given) holds ``checkpoint``, ``data``, ``epoch`` (of
+the checkpoint), ``seed`` (label subset, augmentations, probe order), ``ema`` (true: the momentum
+encoder's weights were evaluated, not the online encoder's) and the :class:`ProbeResult` fields.
+``--out`` is written atomically with :func:`mitools.checkpoint.atomic_write_text` (temporary file
+in the same folder, then ``os.replace``; mode ``0o666 & ~umask`` as for a normally created file).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -460,10 +468,24 @@ def evaluate_backbone(
 
 
 def load_backbone(checkpoint: str | os.PathLike, *, ema: bool = False) -> tuple[nn.Module, dict]:
-    """Backbone rebuilt from a trainer checkpoint (``encoder_spec`` + weights, weights_only)."""
+    """Backbone rebuilt from a trainer checkpoint (``encoder_spec`` + weights, weights_only).
+
+    A folder raises IsADirectoryError naming it (and its ``last.pt``, the trainer's latest
+    checkpoint, when there is one); a missing file FileNotFoundError; an unusable checkpoint
+    ValueError (:class:`mitools.checkpoint.CheckpointError`, or a state dict for another
+    architecture). ``ema=True`` loads the momentum encoder's weights (ValueError if none stored).
+    """
     from mitools.checkpoint import load_checkpoint
     from mitools.models import build_encoder_from_checkpoint_dict
 
+    if Path(checkpoint).is_dir():
+        last = Path(checkpoint) / "last.pt"
+        hint = (
+            f"; did you mean {last}?"
+            if last.is_file()
+            else "; pass a checkpoint file (the trainer writes RUN_DIR/last.pt)"
+        )
+        raise IsADirectoryError(f"{checkpoint} is a directory, not a checkpoint file{hint}")
     state = load_checkpoint(checkpoint, map_location="cpu", required=("model", "encoder_spec"))
     weights = state["model"]
     if ema:
@@ -529,18 +551,40 @@ def _check_out_path(out: str) -> str | None:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _channel_mismatch(state: dict, data: str, spec: Any) -> str | None:
+    """The checkpoint encoder's ``in_channels`` against dataset ``data``'s channels, as a message
+    naming both, or None when they agree. Runs before any data is read."""
+    from mitools.models import EncoderSpec
+
+    in_channels = EncoderSpec.from_dict(state["encoder_spec"]).in_channels
+    if in_channels == spec.channels:
+        return None
+    return (
+        f"the checkpoint's encoder takes {in_channels}-channel images (encoder_spec.in_channels="
+        f"{in_channels}) but dataset {data!r} has {spec.channels} channels; evaluate it on a "
+        f"{in_channels}-channel dataset (the one it was trained on: omit --data)"
+    )
+
+
+def _data_missing_message(exc: FileNotFoundError) -> str:
+    """``exc``'s message with the loader's download hint (written for the trainer and the library,
+    whose ``download`` options linear_eval does not have) replaced by what applies here."""
+    from mitools.data import datasets
+
+    msg = str(exc)
+    hint = getattr(datasets, "_DOWNLOAD_HINT", None)
+    if not hint or hint not in msg:
+        return msg
+    here = (
+        "linear_eval does not download: download and unpack it into ROOT first (e.g. with a "
+        "trainer run given --set data.download=true), or point --root at the folder that holds it"
+    )
+    msg, n = re.subn(
+        re.escape(hint) + r" to fetch (\S+) into ROOT",
+        lambda m: here.replace("unpack it", f"unpack {m.group(1)}"),
+        msg,
+    )
+    return msg if n else msg.replace(hint, here)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -601,6 +645,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mitools.checkpoint import atomic_write_text
     from mitools.data.datasets import get_spec
 
     args = _build_parser().parse_args(argv)
@@ -614,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problem)
     try:
         backbone, state = load_backbone(args.checkpoint, ema=args.ema)
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:  # CheckpointError: ValueError
         return fail(exc)
     data_cfg = (state.get("config") or {}).get("data", {})
     data = args.data or data_cfg.get("name")
@@ -622,9 +667,12 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         return fail("the checkpoint stores no dataset name; pass --data")
     try:
-        get_spec(data)
+        spec = get_spec(data)
     except ValueError as exc:
         return fail(exc)
+    problem = _channel_mismatch(state, data, spec)
+    if problem:
+        return fail(problem)
     if root is None and data != "digits":
         return fail(
             f"dataset {data!r} needs its folder: pass --root DIR (the checkpoint stores none)"
@@ -641,14 +689,19 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, num_workers=args.num_workers, protocol=args.protocol,
             epochs=args.epochs, lr=args.lr,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
+        return fail(_data_missing_message(exc))
+    except ValueError as exc:
         return fail(exc)
-    out = {"checkpoint": str(args.checkpoint), "data": data, "epoch": state.get("epoch")}
+    out = {
+        "checkpoint": str(args.checkpoint), "data": data, "epoch": state.get("epoch"),
+        "seed": args.seed, "ema": bool(args.ema),
+    }  # fmt: skip
     out.update(asdict(result))
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        _write_atomic(Path(args.out).expanduser(), text + "\n")
+        atomic_write_text(Path(args.out).expanduser(), text + "\n")
     return 0
 
 
