@@ -106,6 +106,14 @@ class EncoderSpec:
                 raise ValueError(f"{name} must be positive widths, got {dims}")
         if self.predictor_dims is not None and len(self.predictor_dims) == 0:
             raise ValueError("predictor_dims must be None (no predictor) or a non-empty list")
+        if self.predictor_dims and self.projector_dims and (
+            int(self.predictor_dims[-1]) != int(self.projector_dims[-1])
+        ):
+            # the predictor's output is compared with (target) projections of the other view
+            raise ValueError(
+                f"predictor_dims must end in the projection dim {self.projector_dims[-1]} "
+                f"(projector_dims[-1]), got {self.predictor_dims}"
+            )
         if self.arch in ("small_cnn", "mlp") and len(self.widths) == 0:
             raise ValueError(f"arch {self.arch!r} needs at least one width in `widths`")
         if self.arch == "mlp" and (self.input_dim is None or int(self.input_dim) < 1):

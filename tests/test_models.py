@@ -90,6 +90,10 @@ def test_spec_validation_errors():
         EncoderSpec.from_dict({"arch": "small_cnn", "bogus": 1})
     with pytest.raises(ValueError, match="no predictor"):
         SSLModel(EncoderSpec(arch="small_cnn", in_channels=1)).predict(torch.zeros(2, 128))
+    # BYOL's predictor output is compared with the other view's projection: widths must agree
+    with pytest.raises(ValueError, match=r"end in the projection dim 16 .*\[4096, 256\]"):
+        EncoderSpec(arch="small_cnn", projector_dims=[32, 16], predictor_dims=[4096, 256])
+    EncoderSpec(arch="small_cnn", projector_dims=[32, 16], predictor_dims=[64, 16])
 
 
 def test_spec_round_trip_through_safe_checkpoint_rebuilds_identical_model(tmp_path):

@@ -4,6 +4,7 @@ kNN / linear probe against brute force, and the digits check that SSL beats rand
 from __future__ import annotations
 
 import json
+import math
 import signal
 from pathlib import Path
 
@@ -379,6 +380,61 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     st = _state(run / "last.pt")
     assert (st["epoch"], st["step"]) == (1, 3)
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("where", ["last step of epoch 2", "mid epoch 2"])
+def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
+    tmp_path, monkeypatch, where
+):
+    """A NaN gradient under a finite loss poisons only the weights, which the loss check cannot
+    see: the epoch checkpoint (or the next step's failure) must stop the run with the one-line
+    non-finite message and keep the last good checkpoint, never write NaN weights."""
+    run = tmp_path / "nangrad"
+    calls = {"n": 0}
+    real = pretrain.ssl_loss
+    at = 6 if where == "last step of epoch 2" else 4  # 3 steps per epoch
+
+    def nan_gradient_at(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        if calls["n"] == at:
+            loss.register_hook(lambda grad: grad * float("nan"))  # finite value, NaN gradient
+        return loss
+
+    monkeypatch.setattr(pretrain, "ssl_loss", nan_gradient_at)
+    # at an epoch end the checkpoint's weight check stops it; mid-epoch the next step's loss
+    # (computed from the NaN weights) is non-finite first
+    named = r"weights \(.*\) found after step 6" if at == 6 else r"loss \(nan\) at epoch 2"
+    with pytest.raises(NonFiniteLossError, match=rf"non-finite {named}.*last.pt"):
+        train(tiny_cfg(run))
+    st = _state(run / "last.pt")
+    assert (st["epoch"], st["step"]) == (1, 3)
+    assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+    assert not (run / "epoch_0002.pt").exists()
+
+
+def test_logged_learning_rate_follows_warmup_then_cosine(tmp_path):
+    """The trainer's per-step lr against the closed form, written out here: linear warm-up from
+    start to base over W steps, then half-cosine to final at the last step T; base scaled by the
+    global batch (linear rule: lr * B / 256). Each step record logs the rate that step used."""
+    extra = ["train.log_every_steps=1", "optim.warmup_epochs=1", "optim.lr_scaling=linear",
+             "optim.warmup_start_ratio=0.1", "optim.final_lr_ratio=0.01"]  # fmt: skip
+    cfg = tiny_cfg(tmp_path / "lr", extra)
+    train(cfg)
+    base = cfg.optim.lr * cfg.data.batch_size / 256
+    start, final = 0.1 * base, 0.01 * base
+    warm, total = 3, 9  # 3 steps per epoch, 3 epochs
+
+    def closed_form(s: int) -> float:
+        if s < warm:
+            return start + (base - start) * s / warm
+        return final + (base - final) * (1 + math.cos(math.pi * (s - warm) / (total - warm))) / 2
+
+    rows = pretrain.read_metrics(tmp_path / "lr", "step")
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    for r in rows:
+        assert r["lr"] == pytest.approx(closed_form(r["step"] - 1), rel=1e-12), r["step"]
+    assert rows[0]["lr"] == pytest.approx(start) and rows[3]["lr"] == pytest.approx(base)
 
 
 # ----------------------------------------------------------------------------- SSL helps

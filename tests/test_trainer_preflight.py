@@ -198,7 +198,8 @@ def test_interrupted_run_reports_where_it_stopped(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(pretrain, "ssl_loss", loss_then_signal)
     extra = ["train.epochs=2", "train.max_steps_per_epoch=3"]
-    assert pretrain.main(_cli_args(tmp_path / "run", extra)) == 0
+    # exit status as for a process killed by SIGTERM (128 + 15): the run is not finished
+    assert pretrain.main(_cli_args(tmp_path / "run", extra)) == 143
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert out["interrupted"] is True
@@ -220,3 +221,136 @@ def test_missing_tensorboard_is_named_before_work(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
     cfg.train.tensorboard = False
     preflight(cfg)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("optim.lr=-0.1", "optim.lr must be a finite number > 0, got -0.1"),
+        ("optim.lr=.nan", "optim.lr must be a finite number > 0, got nan"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        ("optim.warmup_epochs=-5", "optim.warmup_epochs must be >= 0"),
+        ("optim.final_lr_ratio=2", r"optim.final_lr_ratio must be in \[0, 1\]"),
+        ("model.momentum_base=1.5", r"model.momentum_base must be in \[0, 1\], got 1.5"),
+        ("model.momentum_buffers=bogus", "model.momentum_buffers must be 'own', 'copy' or 'ema'"),
+        ("eval.knn_k=0", "eval.knn_k must be >= 1, got 0"),
+        ("eval.knn_temperature=0", "eval.knn_temperature must be > 0"),
+        ("eval.max_samples=0", "eval.max_samples must be >= 2"),
+        ("train.checkpoint_every_epochs=-1", "train.checkpoint_every_epochs must be >= 0"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        # the preset's normalisation has 3 channels, digits 1
+        ("data.preset=cifar", r"data.preset='cifar' for digits: cifar: mean/std need 3 values"),
+        ("data.view={crop_scal: [0.8, 1.0]}", r"'data.view.crop_scal'; did you mean 'data.view.crop_scale'"),
+        ("data.view={size: 16}", r"unknown augmentation field 'data.view.size'"),
+        ("data.view={crop_scale: [0.8, 1.5]}", r"data.view: ViewConfig.crop_scale must satisfy"),
+        ("model.predictor_dims=[64,4]", r"predictor_dims must end in the projection dim 8"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_errors_before_work(tmp_path, capsys, no_training, setting, named):
+    """Each of these used to pass preflight and fail later (some after a full training epoch,
+    before its checkpoint) or be silently adjusted (knn_k=0 ran as k=1)."""
+    assert pretrain.main(_cli_args(tmp_path / "run", [setting])) == 2
+    assert re.search(named, _one_line_error(capsys)), named
+    assert not (tmp_path / "run").exists()
+
+
+def test_view_overrides_and_asymmetry_reach_the_augmentation():
+    """``data.view`` replaces ViewConfig fields on both views; ``data.asymmetric`` overrides the
+    BYOL-only default. The truth is the preset built directly, with the same fields replaced."""
+    from dataclasses import replace
+
+    from mitools.data.augment import preset_for
+
+    def preset(*sets):
+        return pretrain.build_augment_preset(load_config(CONFIGS / "cifar10_mio.yaml", list(sets)))
+
+    plain = preset_for("cifar10")
+    assert preset() == plain
+    got = preset("data.view={crop_scale: [0.8, 1.0], saturation: 0.4, solarize_p: 0.2}")
+    want = dict(crop_scale=(0.8, 1.0), saturation=0.4, solarize_p=0.2)
+    assert got.view1 == replace(plain.view1, **want) and got.view2 == replace(plain.view2, **want)
+    assert got.mean == plain.mean and got.std == plain.std
+    assert preset("data.asymmetric=true") == preset_for("cifar10", asymmetric=True)
+    byol = pretrain.build_augment_preset(load_config(CONFIGS / "cifar10_byol.yaml"))
+    assert byol == preset_for("cifar10", asymmetric=True)
+    byol_sym = load_config(CONFIGS / "cifar10_byol.yaml", ["data.asymmetric=false"])
+    assert pretrain.build_augment_preset(byol_sym) == plain
+
+
+def test_new_run_in_a_folder_holding_a_run_is_refused(small_checkpoint, capsys, no_training):
+    """A fresh run would replace last.pt and config.yaml, append to metrics.jsonl and leave the
+    old epoch_*.pt files for a later --resume auto to pick (an lr sweep with one run_dir did)."""
+    run_dir = small_checkpoint.parent
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    assert pretrain.main(_cli_args(run_dir, ["optim.lr=0.01"])) == 2
+    line = _one_line_error(capsys)
+    assert f"train.run_dir {run_dir} already holds a run (last.pt, metrics.jsonl)" in line
+    assert "--resume auto" in line
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    with pytest.raises(ConfigError, match="already holds a run"):  # the programmatic entry too
+        train(load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={run_dir}"]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["optim.lr=0.01"], r"optim.lr: checkpoint 0.002, config 0.01"),
+        (["train.epochs=3"], r"train.epochs: checkpoint 1, config 3"),
+        (["loss.params.ridge=0.001"], r"loss.params: checkpoint \{.*'ridge': 0.0001.*config"),
+        (["data.batch_size=32", "train.seed=1"],
+         r"data.batch_size: checkpoint 64, config 32; train.seed: checkpoint 0, config 1"),
+    ],
+)  # fmt: skip
+def test_resume_with_other_training_settings_is_refused(small_checkpoint, tmp_path, extra, named):
+    """The optimiser state and the schedules (laid out for the checkpoint's train.epochs) come
+    from the checkpoint: before this check a new lr was silently ignored, and more epochs ran at
+    the schedule's final lr (0)."""
+    cfg = load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={tmp_path}", *extra])
+    with pytest.raises(ConfigError, match=named):
+        check_resume(cfg, str(small_checkpoint))
+
+
+def test_resume_may_change_operational_settings(small_checkpoint, tmp_path):
+    extra = ["eval.every_epochs=1", "train.log_every_steps=5", "train.checkpoint_every_epochs=1",
+             "data.num_workers=1", "train.tensorboard=true", "train.amp=off", "data.root=/elsewhere"]  # fmt: skip
+    cfg = load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={tmp_path}", *extra])
+    assert check_resume(cfg, str(small_checkpoint)) == small_checkpoint
+
+
+def test_taylor_options_with_the_exact_log_det_are_named():
+    """digits_emi uses the exact log-det: a Taylor order set there used to be silently unused."""
+    cfg = load_config(CONFIGS / "digits_emi.yaml", ["loss.params.order=8"])
+    with pytest.raises(ConfigError, match=r"loss.params.order has no effect with .*'exact'"):
+        pretrain.build_loss_from_config(cfg)
+    taylor = load_config(CONFIGS / "digits_emi.yaml", ["loss.params.order=8", "loss.params.logdet=taylor"])  # fmt: skip
+    assert pretrain.build_loss_from_config(taylor).order == 8
+
+
+def test_programmatic_train_downloads_and_names_a_missing_dataset(tmp_path, monkeypatch):
+    """train() (no CLI preflight) honours data.download (rank 0 of a single process downloads
+    every split before building the data) and reports a missing dataset in one line."""
+    import mitools.data.datasets as datasets
+
+    calls = []
+    real = datasets.build_dataset
+
+    def spy(name, root, split, **kwargs):
+        calls.append((split, kwargs.get("download", False)))
+        return real(name, root, split, **kwargs)
+
+    monkeypatch.setattr(datasets, "build_dataset", spy)
+    cfg = load_config(
+        CONFIGS / "digits_emi.yaml",
+        [*SMALL, "data.download=true", f"train.run_dir={tmp_path / 'a'}"],
+    )
+    train(cfg)
+    downloads = [split for split, download in calls if download]
+    assert downloads == ["train", "val"], calls  # digits' splits, each once
+    first_plain = next(i for i, (_, download) in enumerate(calls) if not download)
+    assert all(download for _, download in calls[:first_plain]), "downloads come first"
+    missing = load_config(
+        CONFIGS / "cifar10_emi.yaml",
+        [*SMALL, "model.arch=small_cnn", f"data.root={tmp_path / 'nowhere'}", f"train.run_dir={tmp_path / 'b'}"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dataset 'cifar10' not usable: .*cifar-10-batches-py"):
+        train(missing)

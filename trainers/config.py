@@ -100,6 +100,11 @@ class DataConfig:
     STL-10, Tiny-ImageNet, digits; not ImageNet-100).
     ``augment_graph`` (CUDA, ``augment: batch``): replay the augmentation as a captured CUDA graph
     (one launch instead of hundreds of small kernels; None = automatic: on CUDA).
+    ``asymmetric``: BYOL's asymmetric views (view 1 always blurred, view 2 rarely blurred and
+    sometimes solarised); None = automatic: on for ``loss.name: byol`` only.
+    ``view``: overrides of :class:`mitools.data.augment.ViewConfig` fields applied to both views
+    of the preset, e.g. ``{crop_scale: [0.8, 1.0], saturation: 0.4}`` (the MIO reference code's
+    crop and jitter); checked when the run starts (unknown field: the nearest one is named).
     """
 
     name: str = "digits"
@@ -113,6 +118,8 @@ class DataConfig:
     on_device: bool | None = None
     on_device_max_gib: float = 16.0
     augment_graph: bool | None = None
+    asymmetric: bool | None = None
+    view: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -247,7 +254,7 @@ class Config:
 
 # ----------------------------------------------------------------------------- key handling
 
-_FREE_FORM = {"loss.params"}
+_FREE_FORM = {"loss.params", "data.view"}
 
 
 def _fields(cls: type) -> dict[str, Any]:

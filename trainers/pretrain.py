@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
+import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -60,6 +63,7 @@ from trainers.config import (
 )
 
 if TYPE_CHECKING:
+    from mitools.data.augment import AugmentPreset
     from mitools.models import SSLModel
 
 __all__ = [
@@ -69,6 +73,7 @@ __all__ = [
     "EpochBatchSampler",
     "NonFiniteLossError",
     "TwoViewModel",
+    "build_augment_preset",
     "build_loss_from_config",
     "build_online_model",
     "configure_cuda_backends",
@@ -230,6 +235,13 @@ def _check_loss_param_types(loss_cls: type, params: dict[str, Any]) -> None:
             )
 
 
+# EMILoss options read only by its Taylor log-determinant
+_EMI_TAYLOR_ONLY = {
+    "order", "scale", "on_violation", "running_momentum", "running_power_iters",
+    "running_warm_iters",
+}  # fmt: skip
+
+
 def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
     """The loss module; ``gather_distributed`` is set for batch-coupled losses under DDP."""
     from mitools.losses import BATCH_COUPLED, LOSSES, build_loss
@@ -239,6 +251,14 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
         return ConstantLoss()
     params = _loss_params(cfg.loss.params)
     _check_loss_param_types(LOSSES[cfg.loss.name], params)
+    if cfg.loss.name == "emi" and params.get("logdet", "exact") == "exact":
+        unused = sorted(set(params) & _EMI_TAYLOR_ONLY)
+        if unused:
+            raise ConfigError(
+                f"loss.params.{unused[0]} has no effect with loss.params.logdet='exact' (EMI's "
+                "default); set loss.params.logdet=taylor to use the Taylor surrogate, or drop "
+                + ", ".join(f"loss.params.{k}" for k in unused)
+            )
     if cfg.loss.name in BATCH_COUPLED:
         params["gather_distributed"] = bool(cfg.loss.gather_distributed and world > 1)
     if cfg.loss.name == "byol" and cfg.model.momentum_encoder:
@@ -272,6 +292,43 @@ def build_online_model(
     if world > 1 and cfg.model.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def build_augment_preset(cfg: Config) -> AugmentPreset:
+    """The two-view augmentation of a run: ``data.preset`` (default: the dataset's), BYOL's
+    asymmetric views when ``data.asymmetric`` (None: for ``loss.name: byol`` only), then the
+    ``data.view`` field overrides on both views, normalised with the dataset's mean and std.
+    Errors are ConfigErrors naming the key (an unknown ViewConfig field names the nearest)."""
+    import difflib
+
+    from mitools.data.augment import ViewConfig, get_preset
+    from mitools.data.datasets import get_spec
+
+    dspec = get_spec(cfg.data.name)
+    asym = cfg.data.asymmetric if cfg.data.asymmetric is not None else cfg.loss.name == "byol"
+    name = cfg.data.preset if cfg.data.preset is not None else dspec.augmentation
+    try:
+        preset = get_preset(name, asymmetric=asym, mean=dspec.mean, std=dspec.std)
+    except ValueError as exc:
+        raise ConfigError(f"data.preset={name!r} for {dspec.name}: {exc}") from exc
+    if not cfg.data.view:
+        return preset
+    fields = {f.name: f for f in dataclasses.fields(ViewConfig)}
+    overrides: dict[str, Any] = {}
+    for key, value in cfg.data.view.items():
+        if key not in fields or key == "size":
+            near = difflib.get_close_matches(key, [k for k in fields if k != "size"], n=1)
+            hint = f"; did you mean 'data.view.{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown augmentation field 'data.view.{key}'{hint}")
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return dataclasses.replace(
+            preset,
+            view1=dataclasses.replace(preset.view1, **overrides),
+            view2=dataclasses.replace(preset.view2, **overrides),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"data.view: {exc}") from exc
 
 
 def build_optimizer_from_config(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -322,6 +379,7 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
          "> 0): the value changes every step and would recompile the loss"),
         (cfg.model.in_channels == spec.channels,
          f"model.in_channels={cfg.model.in_channels} but {spec.name} has {spec.channels} channels"),
+        *_range_checks(cfg),
     ]  # fmt: skip
     for ok, msg in checks:
         if not ok:
@@ -330,6 +388,7 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
         EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model: {exc}") from exc
+    build_augment_preset(cfg)
     build_loss_from_config(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.model.sync_batchnorm and world > 1 and not _will_use_cuda(cfg):
@@ -361,6 +420,53 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
         raise ConfigError(f"run folder {run_dir} is not writable: {exc.strerror or exc}") from exc
     check_resume(cfg, resume, run_dir)
     return run_dir
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """Value ranges that would otherwise fail late (after an epoch of training, before its
+    checkpoint) or be silently adjusted (``knn_k=0`` used as 1); NaN fails every check."""
+    o, m, e, t, d = cfg.optim, cfg.model, cfg.eval, cfg.train, cfg.data
+    in_unit = lambda x: _finite(x) and 0 <= x <= 1  # noqa: E731
+    return [
+        (_finite(o.lr) and o.lr > 0, f"optim.lr must be a finite number > 0, got {o.lr}"),
+        (_finite(o.weight_decay) and o.weight_decay >= 0,
+         f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+        (_finite(o.momentum) and 0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}"),
+        (_finite(o.eta) and o.eta > 0, f"optim.eta (LARS trust coefficient) must be > 0, got {o.eta}"),
+        (_finite(o.warmup_epochs) and o.warmup_epochs >= 0,
+         f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
+        (in_unit(o.final_lr_ratio), f"optim.final_lr_ratio must be in [0, 1], got {o.final_lr_ratio}"),
+        (in_unit(o.warmup_start_ratio),
+         f"optim.warmup_start_ratio must be in [0, 1], got {o.warmup_start_ratio}"),
+        (o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0),
+         f"optim.grad_clip must be null or > 0, got {o.grad_clip}"),
+        (in_unit(m.momentum_base), f"model.momentum_base must be in [0, 1], got {m.momentum_base}"),
+        (in_unit(m.momentum_final), f"model.momentum_final must be in [0, 1], got {m.momentum_final}"),
+        (m.momentum_buffers in ("own", "copy", "ema"),
+         f"model.momentum_buffers must be 'own', 'copy' or 'ema', got {m.momentum_buffers!r}"),
+        (e.every_epochs >= 0, f"eval.every_epochs must be >= 0 (0 = never), got {e.every_epochs}"),
+        (e.knn_k >= 1, f"eval.knn_k must be >= 1, got {e.knn_k}"),
+        (_finite(e.knn_temperature) and e.knn_temperature > 0,
+         f"eval.knn_temperature must be > 0, got {e.knn_temperature}"),
+        (e.probe_steps >= 1, f"eval.probe_steps must be >= 1, got {e.probe_steps}"),
+        (_finite(e.probe_weight_decay) and e.probe_weight_decay >= 0,
+         f"eval.probe_weight_decay must be >= 0, got {e.probe_weight_decay}"),
+        (e.max_samples >= 2, f"eval.max_samples must be >= 2, got {e.max_samples}"),
+        (e.batch_size >= 1, f"eval.batch_size must be >= 1, got {e.batch_size}"),
+        (t.checkpoint_every_epochs >= 0,
+         f"train.checkpoint_every_epochs must be >= 0 (0 = only last.pt), got {t.checkpoint_every_epochs}"),
+        (t.log_every_steps >= 0, f"train.log_every_steps must be >= 0, got {t.log_every_steps}"),
+        (t.max_steps_per_epoch >= 0, f"train.max_steps_per_epoch must be >= 0, got {t.max_steps_per_epoch}"),
+        (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+        (_finite(d.on_device_max_gib) and d.on_device_max_gib > 0,
+         f"data.on_device_max_gib must be > 0, got {d.on_device_max_gib}"),
+        (cfg.loss.mec_warmup_epochs >= 0,
+         f"loss.mec_warmup_epochs must be >= 0, got {cfg.loss.mec_warmup_epochs}"),
+    ]  # fmt: skip
 
 
 def _will_use_cuda(cfg: Config) -> bool:
@@ -395,6 +501,7 @@ def _check_resume(
     from mitools.models import EncoderSpec, SSLModel, StateDictMismatchError, _check_fits
 
     if not resume:
+        _check_fresh_run_dir(run_dir if run_dir is not None else resolve_run_dir(cfg))
         return None, None
     if resume == "auto":
         path = find_latest_checkpoint(run_dir if run_dir is not None else resolve_run_dir(cfg))
@@ -437,7 +544,74 @@ def _check_resume(
             f"{where} {'has' if has_ema else 'has no'} momentum encoder but the config sets "
             f"model.momentum_encoder={str(cfg.model.momentum_encoder).lower()}"
         )
+    diff = _trajectory_differences(stored_cfg, config_to_dict(cfg))
+    if diff:
+        raise ConfigError(
+            f"{where} was written with other training settings: {'; '.join(diff)}. A resumed "
+            "run keeps the checkpoint's optimiser state and lr/momentum schedules (laid out for "
+            "its train.epochs), so these would be ignored or break the run; resume with the "
+            "run's own settings (its config.yaml), or start a new run in another train.run_dir"
+        )
     return path, state
+
+
+# Settings that shape a run's trajectory (what it optimises, with which data, schedule and
+# seed). Everything else may differ on resume: paths, workers, device/AMP/compile, logging,
+# checkpoint frequency, online evaluation, SyncBatchNorm (another GPU count).
+_TRAJECTORY_PREFIXES = ("optim.", "loss.", "model.momentum_")
+_TRAJECTORY_KEYS = (
+    "data.name", "data.preset", "data.view", "data.asymmetric", "data.batch_size",
+    "train.epochs", "train.seed", "train.max_steps_per_epoch",
+)  # fmt: skip
+_FREE_FORM_SECTIONS = ("loss.params", "data.view")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in _FREE_FORM_SECTIONS:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _trajectory_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``key: checkpoint X, config Y`` for each trajectory setting that differs. Keys missing
+    from the checkpoint's config (written by an older version) are not compared."""
+    old, new = _flatten(stored), _flatten(wanted)
+    out = []
+    for key in sorted(new):
+        if not (key.startswith(_TRAJECTORY_PREFIXES) or key in _TRAJECTORY_KEYS):
+            continue
+        if key in old and old[key] != new[key]:
+            out.append(f"{key}: checkpoint {old[key]!r}, config {new[key]!r}")
+    return out
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    """A new run must not write into a folder holding another run: it would replace last.pt and
+    config.yaml, append to metrics.jsonl, and leave the old epoch_*.pt files, which a later
+    ``--resume auto`` may pick."""
+    from mitools.checkpoint import CHECKPOINT_SUFFIXES
+
+    if not run_dir.is_dir():
+        return
+    held = sorted(
+        p.name
+        for p in run_dir.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix in CHECKPOINT_SUFFIXES or p.name == "metrics.jsonl")
+    )
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise ConfigError(
+            f"train.run_dir {run_dir} already holds a run ({shown}); continue it with "
+            "--resume auto, or start this one in another folder (--set train.run_dir=...) or "
+            "after deleting that one"
+        )
 
 
 def _resume_position(state: dict[str, Any]) -> str:
@@ -494,6 +668,39 @@ class _Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def _dataset(cfg: Config, split: str, ddp: _Dist, **kwargs: Any):
+    """``build_dataset`` for this rank; a missing or broken dataset is a one-line ConfigError
+    naming the rank (under DDP a node may lack data that rank 0's preflight found)."""
+    from mitools.data.datasets import build_dataset
+
+    try:
+        return build_dataset(cfg.data.name, cfg.data.root, split, **kwargs)
+    except (FileNotFoundError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f" on rank {ddp.rank} (local rank {ddp.local_rank})" if ddp.world > 1 else ""
+        raise ConfigError(f"dataset {cfg.data.name!r} not usable{where}: {msg}") from exc
+
+
+def _download_on_every_node(cfg: Config, ddp: _Dist) -> None:
+    """``data.download``: rank 0 downloads first, then local rank 0 of every other node (which
+    finds the files on a shared file system, or downloads its own node-local copy); the other
+    ranks wait. One writer at a time, so nodes never write the same shared files at once."""
+    if not cfg.data.download:
+        return
+    from mitools.data.datasets import get_spec
+
+    spec = get_spec(cfg.data.name)
+    splits = sorted({spec.pretrain_split, spec.train_split, spec.eval_split})
+    for turn in ("rank 0", "other nodes"):
+        if (turn == "rank 0" and ddp.rank == 0) or (
+            turn == "other nodes" and ddp.rank != 0 and ddp.local_rank == 0
+        ):
+            for split in splits:
+                _dataset(cfg, split, ddp, download=True)
+        if ddp.world > 1:
+            dist.barrier()
 
 
 def _init_distributed(device_kind: str) -> _Dist:
@@ -638,6 +845,26 @@ def _non_finite_message(bad, epoch: int, run_dir: Path) -> str:
     )
 
 
+def _non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the parameters and floating buffers holding NaN/inf (one host sync)."""
+    named = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers())
+             if t.is_floating_point()]  # fmt: skip
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [n for (n, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
+
+
+def _non_finite_weights_message(bad: list[str], step: int, run_dir: Path) -> str:
+    last = run_dir / "last.pt"
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (
+        f"non-finite weights ({shown}) found after step {step} (a non-finite gradient with a "
+        f"finite loss): stopping without writing them; last good checkpoint kept: "
+        f"{last if last.exists() else 'none written yet'}"
+    )
+
+
 def ssl_loss(
     cfg: Config,
     loss_fn: nn.Module,
@@ -757,11 +984,9 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         BatchAugment,
         CudaGraphAugment,
         TwoViewTransform,
-        get_preset,
         loader_transform,
-        preset_for,
     )
-    from mitools.data.datasets import build_dataset, get_spec
+    from mitools.data.datasets import get_spec
     from mitools.models import EncoderSpec, MomentumEncoder, cosine_momentum
     from mitools.optim import WarmupCosineLR
 
@@ -793,14 +1018,11 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
     # --- data: unaugmented tensors; two views made on the device (batch) or in workers
     dspec = get_spec(cfg.data.name)
-    asym = cfg.loss.name == "byol"
-    if cfg.data.preset is not None:
-        preset = get_preset(cfg.data.preset, asymmetric=asym, mean=dspec.mean, std=dspec.std)
-    else:
-        preset = preset_for(cfg.data.name, asymmetric=asym)
+    _download_on_every_node(cfg, ddp)
+    preset = build_augment_preset(cfg)
     batch_aug = BatchAugment(preset).to(device) if cfg.data.augment == "batch" else None
     pre_tf = loader_transform(cfg.data.name) if batch_aug is not None else TwoViewTransform(preset)
-    train_set = build_dataset(cfg.data.name, cfg.data.root, dspec.pretrain_split, transform=pre_tf)
+    train_set = _dataset(cfg, dspec.pretrain_split, ddp, transform=pre_tf)
     sampler = EpochBatchSampler(len(train_set), local_batch, cfg.train.seed, ddp.rank, ddp.world)
     # Private generator for the loader's worker seeds, re-seeded per (epoch, rank): creating an
     # iterator then leaves the global RNG (augmentation, stored in checkpoints) untouched.
@@ -832,7 +1054,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         tf = eval_transform(cfg.data.name)
         probe_sets = tuple(
             _materialise_small(
-                build_dataset(cfg.data.name, cfg.data.root, split, transform=tf),
+                _dataset(cfg, split, ddp, transform=tf),
                 cfg.eval.max_samples,
             )
             for split in (dspec.train_split, dspec.eval_split)
@@ -890,6 +1112,16 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             print(f"resumed from {ckpt_path} (epoch {epoch}, step {step})", file=sys.stderr)
 
     def checkpoint(name: str, batch_done: int) -> Path | None:
+        # the loss is checked every read-back, but a non-finite gradient with a finite loss
+        # reaches only the weights: never let it replace the last good checkpoint
+        bad_weights = _non_finite_weights(model)
+        if ddp.world > 1:
+            flag = torch.tensor([float(bool(bad_weights))], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and not bad_weights:
+                bad_weights = ["on another rank"]
+        if bad_weights:
+            raise NonFiniteLossError(_non_finite_weights_message(bad_weights, step, run_dir))
         rngs = [capture_rng_state()]
         if ddp.world > 1:
             rngs = [None] * ddp.world
@@ -934,9 +1166,9 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                 bar = progress(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}")
             t0, seen, sums = time.perf_counter(), 0, {}
             pending: list[tuple[int, list[str], Tensor, dict[str, float]]] = []
-            for i, (batch, _) in enumerate(loader):
-                if i >= n_steps:
-                    break
+            # islice: a capped epoch (max_steps_per_epoch) never loads and augments a batch
+            # it does not train on
+            for i, (batch, _) in enumerate(itertools.islice(loader, n_steps)):
                 if augment is not None:
                     x1, x2 = augment(batch.to(device, non_blocking=True))
                 else:
@@ -960,12 +1192,18 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                     bad = _first_non_finite(_read_back(pending)) if pending else None
                     if bad is not None:
                         raise NonFiniteLossError(_non_finite_message(bad, epoch, run_dir)) from exc
+                    bad_weights = _non_finite_weights(model)
+                    if bad_weights:
+                        raise NonFiniteLossError(
+                            _non_finite_weights_message(bad_weights, step, run_dir)
+                        ) from exc
                     raise
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if o.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                step_lr = scheduler.get_last_lr()[0]  # the rate of this step (logged)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -1009,7 +1247,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{ips:.0f}")
                 if ddp.main and log_now:
                     rec = {"kind": "step", "epoch": epoch, "step": step,
-                           "lr": scheduler.get_last_lr()[0], "images_per_s": ips, **terms}  # fmt: skip
+                           "lr": step_lr, "images_per_s": ips, **terms}  # fmt: skip
                     metrics.log(rec, step)
                 if stop_now:
                     path = checkpoint("last.pt", batch_in_epoch + i + 1)
@@ -1018,6 +1256,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                             f"signal {stop.signal_name or ''}: checkpoint {path}", file=sys.stderr
                         )
                     summary["interrupted"] = True
+                    # the signal another rank received (flags are combined, names are not)
+                    summary["signal"] = stop.signal_name or "SIGTERM"
                     break
             if bar is not None:
                 bar.close()
@@ -1029,6 +1269,12 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             rec = {"kind": "epoch", "epoch": epoch, "step": step,
                    "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
                    **{f"mean_{k}": v / n_done for k, v in sums.items()}}  # fmt: skip
+            # checkpoint first: a hard kill during a long evaluation (ImageNet-100: minutes on
+            # rank 0) then loses only the evaluation, not the epoch
+            checkpoint("last.pt", 0)
+            k = cfg.train.checkpoint_every_epochs
+            if k > 0 and epoch % k == 0:
+                checkpoint(f"epoch_{epoch:04d}.pt", 0)
             if probe_sets is not None and epoch % cfg.eval.every_epochs == 0:
                 # Monitoring must not change training: its loaders draw from the global RNG,
                 # which the augmentations also use, so it runs on a forked stream.
@@ -1038,10 +1284,6 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             if ddp.main:
                 metrics.log(rec, step)
                 summary["epoch_metrics"].append(rec)
-            checkpoint("last.pt", 0)
-            k = cfg.train.checkpoint_every_epochs
-            if k > 0 and epoch % k == 0:
-                checkpoint(f"epoch_{epoch:04d}.pt", 0)
     metrics.close()
     summary.update(epoch=epoch, step=step)
     return summary
@@ -1077,6 +1319,10 @@ def main(argv: list[str] | None = None) -> int:
         # the run's own position last: an interrupted run stopped after its last epoch record
         print(json.dumps({**last, "run_dir": summary["run_dir"], "epoch": summary["epoch"],
                           "step": summary["step"], "interrupted": summary["interrupted"]}))  # fmt: skip
+    if summary["interrupted"]:
+        # as a process killed by the signal (130 SIGINT, 143 SIGTERM): `pretrain && eval`
+        # chains and job scripts must not take the checkpointed, unfinished run for a finished one
+        return 128 + int(signal.Signals[summary["signal"]])
     return 0
 
 
