@@ -8,16 +8,19 @@ LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networ
         v     <- momentum * v + d
         w     <- w - lr * v
 
-    as in SimCLR, BYOL and solo-learn. Bias and normalisation (BN) parameters are EXCLUDED from
-    both the weight decay and the trust ratio (they get plain SGD with momentum):
-    :func:`param_groups_lars` makes the two groups (``lars_adaptation`` False, ``weight_decay``
-    0 for the second). Trust coefficient: ``eta = 1e-3`` in You et al., SimCLR and BYOL (default
-    here); solo-learn's CIFAR configs use ``eta = 0.02`` with ``clip_lr=True`` (LARC clipping:
-    ``trust <- min(trust / lr, 1)``, so the effective step never exceeds the SGD one).
-    A different variant (Barlow Twins / VICReg code) divides by the norm of the decayed update,
-    ``eta ||w|| / ||g + wd w||``; it is not implemented. On CUDA the update runs as multi-tensor
-    (``torch._foreach_*``) kernels over all parameters of a group (``LARS(foreach=...)``); the
-    per-parameter loop is the reference and the CPU default.
+    as in You et al. and solo-learn (whose CIFAR recipes the shipped LARS configs follow). Bias
+    and normalisation (BN) parameters are EXCLUDED from both the weight decay and the trust ratio
+    (they get plain SGD with momentum): :func:`param_groups_lars` makes the two groups
+    (``lars_adaptation`` False, ``weight_decay`` 0 for the second). Trust coefficient:
+    ``eta = 1e-3`` in You et al., SimCLR and BYOL (default here); solo-learn's CIFAR configs use
+    ``eta = 0.02`` with ``clip_lr=True`` (LARC clipping: ``trust <- min(trust / lr, 1)``, so the
+    effective step never exceeds the SGD one). A different variant divides by the norm of the
+    decayed update, ``eta ||w|| / ||g + wd w||``: SimCLR's ``lars_optimizer.py``
+    (``grad += weight_decay * param`` before the norm), BYOL's optax ``lars`` and the Barlow
+    Twins / VICReg code; it is not implemented (SimCLR and optax also apply the lr inside the
+    momentum; here it is outside, as in torch SGD and solo-learn). On CUDA the update runs as
+    multi-tensor (``torch._foreach_*``) kernels over all parameters of a group
+    (``LARS(foreach=...)``); the per-parameter loop is the reference and the CPU default.
 
 Learning rate
     :func:`warmup_cosine`: linear warm-up then half-cosine decay; :class:`WarmupCosineLR` applies it
