@@ -354,3 +354,25 @@ def test_programmatic_train_downloads_and_names_a_missing_dataset(tmp_path, monk
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"dataset 'cifar10' not usable: .*cifar-10-batches-py"):
         train(missing)
+
+
+def test_config_shapes_that_used_to_give_tracebacks(tmp_path, capsys, no_training):
+    bad_defaults = tmp_path / "bad_defaults.yaml"
+    bad_defaults.write_text("defaults: 5\n")
+    with pytest.raises(ConfigError, match=r"'defaults' must be a file name or a list"):
+        load_config(bad_defaults)
+    with pytest.raises(ConfigError, match=r"'model' is a section; set one of its keys"):
+        load_config(CONFIGS / "digits_emi.yaml", ["model=3"])
+    # a scalar section stays an error when a --set adds a key to it (it was replaced by {},
+    # silently dropping every train setting of the included files)
+    scalar = tmp_path / "scalar_section.yaml"
+    scalar.write_text(f"defaults: [{CONFIGS / 'digits_emi.yaml'}]\ntrain: 5\n")
+    with pytest.raises(ConfigError, match=r"train: expected a mapping, got 5"):
+        load_config(scalar, ["train.seed=1"])
+    assert pretrain.main(_cli_args(tmp_path / "run_{foo}", [])) == 2
+    assert re.search(
+        r"train.run_dir=.*\{foo\}.*placeholders must be among", _one_line_error(capsys)
+    )
+    if not torch.cuda.is_available():
+        assert pretrain.main(_cli_args(tmp_path / "run", ["train.device=cuda"])) == 2
+        assert "CUDA is not available" in _one_line_error(capsys)

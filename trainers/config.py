@@ -255,6 +255,7 @@ class Config:
 # ----------------------------------------------------------------------------- key handling
 
 _FREE_FORM = {"loss.params", "data.view"}
+_SECTIONS = ("data", "model", "loss", "optim", "train", "eval")
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -393,6 +394,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     includes = raw.pop("defaults", []) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(
+            f"{path}: 'defaults' must be a file name or a list of file names, got {includes!r}"
+        )
     merged: dict[str, Any] = {}
     for inc in includes:
         inc_path = path.parent / inc
@@ -426,12 +431,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts, value = _parse_override(item)
         key = ".".join(parts)
         free = any(key.startswith(f + ".") for f in _FREE_FORM)
+        if len(parts) == 1 and key in _SECTIONS:
+            raise ConfigError(
+                f"--set {key}=...: {key!r} is a section; set one of its keys, e.g. "
+                f"--set {next(k for k in schema if k.startswith(key + '.'))}=VALUE"
+            )
         if key not in schema and not free and key not in _FREE_FORM:
             raise _unknown_key(key)
         if not free and isinstance(value, (int, float, bool)) and _leaf_hint(parts) is str:
             value = item.split("=", 1)[1]
         node = out
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts[:-1]):
+            if p in node and node[p] is not None and not isinstance(node[p], dict):
+                # a file's `train: 5` must stay an error, not be replaced by {} (which would
+                # silently drop every setting the included files made in that section)
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"{where}: expected a mapping, got {node[p]!r}")
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]

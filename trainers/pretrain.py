@@ -200,11 +200,15 @@ def materialise_on_device(dataset, device: torch.device, num_workers: int = 0) -
 
 
 def resolve_run_dir(cfg: Config) -> Path:
-    return Path(
-        cfg.train.run_dir.format(
-            data=cfg.data.name, loss=cfg.loss.name, arch=cfg.model.arch, seed=cfg.train.seed
-        )
-    )
+    """``train.run_dir`` with ``{data}``, ``{loss}``, ``{arch}``, ``{seed}`` filled in."""
+    fields = dict(data=cfg.data.name, loss=cfg.loss.name, arch=cfg.model.arch, seed=cfg.train.seed)
+    try:
+        return Path(cfg.train.run_dir.format(**fields))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"train.run_dir={cfg.train.run_dir!r}: placeholders must be among "
+            f"{', '.join('{' + k + '}' for k in fields)} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _loss_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +375,9 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
         (cfg.optim.lr_scaling in ("none", "linear", "sqrt"), "optim.lr_scaling: none|linear|sqrt"),
         (cfg.train.amp in ("auto", "bf16", "fp16", "off"), "train.amp: auto|bf16|fp16|off"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device: auto|cpu|cuda"),
+        (cfg.train.device != "cuda" or torch.cuda.is_available(),
+         "train.device=cuda but CUDA is not available here (no GPU, or a CPU-only torch); "
+         "use train.device=auto or cpu"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.data.batch_size >= 2, "data.batch_size must be >= 2"),
         (cfg.loss.target_pairing == "cross", "loss.target_pairing: only 'cross' is implemented"),
