@@ -185,24 +185,6 @@ def _clear(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
 
 
-def _trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop ``metrics.jsonl`` records past ``step`` (work that the resumed run redoes)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut by a crash
-            continue
-        if int(rec.get("step", 0)) <= step:
-            kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch CPU threads set to ``threads`` inside the block, restored after (None: unchanged)."""
@@ -262,8 +244,8 @@ def ensure_run(
     if state == "partial":
         last = _last_state(run_dir)
         assert last is not None
+        # the trainer drops metrics.jsonl records past the step it resumes from
         print(f"resuming {label} at epoch {last[0]} -> {run_dir}", file=sys.stderr)
-        _trim_metrics(run_dir, last[1])
         resume: str | None = "auto"
     else:
         print(f"training {label} -> {run_dir}", file=sys.stderr)

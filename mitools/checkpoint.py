@@ -277,8 +277,13 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: str | torch.device | None = "cpu",
     required: Iterable[str] = REQUIRED_KEYS,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)`` only.
+
+    ``mmap=True`` maps the tensors' storage from the file instead of reading it (cheap metadata
+    reads such as epoch/step; a truncated file still fails, damaged tensor bytes would only show
+    on access).
 
     Raises FileNotFoundError for a missing path and :class:`CheckpointError` (a ValueError) with
     a one-line message for: an empty file, a truncated/corrupt zip, a text file, a zip that is not
@@ -291,7 +296,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint file at {path}")
     _diagnose_header(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         text = str(exc)
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
@@ -333,8 +338,8 @@ def find_latest_checkpoint(
     Every candidate (name ending in one of ``suffixes``, not hidden - temporary files from
     :func:`save_checkpoint` are hidden) is loaded with :func:`load_checkpoint`; files that fail
     (corrupt, partial, unsafe, missing keys) are skipped with a warning. The newest is the largest
-    ``(epoch, step)`` stored inside, ties broken by modification time. Loading every candidate
-    costs one full read per file: keep few checkpoints per run.
+    ``(epoch, step)`` stored inside, ties broken by modification time. Candidates are
+    memory-mapped (``mmap=True``), so the scan reads little more than their metadata.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -344,7 +349,8 @@ def find_latest_checkpoint(
         if path.name.startswith(".") or path.suffix not in suffixes or not path.is_file():
             continue
         try:
-            state = load_checkpoint(path, map_location="cpu")
+            # mmap: only epoch/step are read here; the chosen file is loaded in full later
+            state = load_checkpoint(path, map_location="cpu", mmap=True)
         except (CheckpointError, OSError) as exc:
             warnings.warn(f"skipping invalid checkpoint: {exc}", stacklevel=2)
             continue

@@ -219,12 +219,19 @@ def test_resume_is_exact_after_epoch_and_after_sigterm(tmp_path, monkeypatch):
     final = _final_model(ref / "last.pt")
 
     # (a) killed after epoch 1: only epoch_0001.pt survives; --resume auto continues from it.
+    # The killed run had logged past its checkpoint (here: all of the reference's records and a
+    # line cut by the kill): the resumed log must hold each step once, as the reference's.
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "epoch_0001.pt").write_bytes((ref / "epoch_0001.pt").read_bytes())
+    (cut / "metrics.jsonl").write_text((ref / "metrics.jsonl").read_text() + '{"kind": "st')
     assert pretrain.main(["--config", str(CONFIGS / "digits_emi.yaml"), "--resume", "auto",
                           *sum((["--set", s] for s in [*TINY, f"train.run_dir={cut}"]), [])]) == 0  # fmt: skip
     _assert_same(final, _final_model(cut / "last.pt"))
+    drop = {"images_per_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in pretrain.read_metrics(cut)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in pretrain.read_metrics(ref)
+    ]
 
     # (b) SIGTERM in the middle of epoch 2 (after step 5): checkpoint written, then resumed.
     sig = tmp_path / "sig"

@@ -764,16 +764,39 @@ class _Metrics:
     """metrics.jsonl, and TensorBoard events under ``tb/`` with ``train.tensorboard``, on the
     main rank."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool, tensorboard: bool, resumed_step: int | None = None
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        if enabled and resumed_step is not None:
+            self._drop_records_after(resumed_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # preflight names this before work; API callers get it here
                 raise ConfigError(_NO_TENSORBOARD) from exc
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            # purge_step: TensorBoard hides the events a killed run wrote past the checkpoint
+            purge = None if resumed_step is None else resumed_step + 1
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+
+    def _drop_records_after(self, step: int) -> None:
+        """A run killed after its last checkpoint logged steps that the resumed run repeats:
+        drop records past ``step`` (and a line cut by the kill) so each step is logged once."""
+        from mitools.checkpoint import atomic_write_text
+
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if int(record.get("step", 0)) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict[str, Any], step: int) -> None:
         if not self.enabled:
@@ -1100,6 +1123,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
     # --- resume
     epoch, step, batch_in_epoch = 0, 0, 0
+    resumed_step = None
     if ckpt_state is not None:
         state = ckpt_state  # read once (on the CPU) by the check; load_state_dict copies over
         model.load_state_dict(state["model"])
@@ -1117,6 +1141,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             restore_rng_state(state["rng_per_rank"][ddp.rank])
         if ddp.main:
             print(f"resumed from {ckpt_path} (epoch {epoch}, step {step})", file=sys.stderr)
+        resumed_step = step
+        del state, ckpt_state  # the loaded copies live in the modules now (CPU memory back)
 
     def checkpoint(name: str, batch_done: int) -> Path | None:
         # the loss is checked every read-back, but a non-finite gradient with a finite loss
@@ -1148,7 +1174,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    metrics = _Metrics(run_dir, ddp.main, cfg.train.tensorboard)
+    metrics = _Metrics(run_dir, ddp.main, cfg.train.tensorboard, resumed_step)
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     )
