@@ -106,8 +106,10 @@ class EncoderSpec:
                 raise ValueError(f"{name} must be positive widths, got {dims}")
         if self.predictor_dims is not None and len(self.predictor_dims) == 0:
             raise ValueError("predictor_dims must be None (no predictor) or a non-empty list")
-        if self.predictor_dims and self.projector_dims and (
-            int(self.predictor_dims[-1]) != int(self.projector_dims[-1])
+        if (
+            self.predictor_dims
+            and self.projector_dims
+            and (int(self.predictor_dims[-1]) != int(self.projector_dims[-1]))
         ):
             # the predictor's output is compared with (target) projections of the other view
             raise ValueError(
