@@ -8,6 +8,7 @@ KS / proportion tests at fixed seeds (each with a negative control showing the t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import pickle
@@ -20,6 +21,7 @@ from PIL import Image
 from scipy import stats
 
 from mitools.data import (
+    DATASET_SPECS,
     PRESET_NAMES,
     AugmentPreset,
     BatchAugment,
@@ -304,6 +306,102 @@ def test_presets_shapes_dtypes_and_asymmetry():
     assert get_preset("tiny_imagenet").view1.size == 64
     digits = get_preset("digits")
     assert digits.channels == 1 and digits.view1.hflip_p == 0 and digits.view1.jitter_p == 0
+
+
+# ----------------------------------------------------------------------------- preset values
+#
+# Where the numbers come from (the standard protocols; crop/blur/solarise as BYOL defines them):
+# * BYOL (Grill et al. 2020, appendix B, table 6): random resized crop scale (0.08, 1) and aspect
+#   (3/4, 4/3), flip p 0.5, colour jitter brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 at
+#   p 0.8, grayscale p 0.2, Gaussian blur sigma U(0.1, 2) with p 1.0 (view 1) / 0.1 (view 2),
+#   solarisation (threshold 0.5) with p 0.0 / 0.2.
+# * solo-learn scripts/pretrain/imagenet-100/augmentations/asymmetric.yaml: the same, crop 224.
+#   scripts/pretrain/cifar/augmentations/asymmetric.yaml: the same but gaussian_blur prob 0.0 in
+#   both views (CIFAR never blurs), solarization 0.0 / 0.2, crop 32.
+# * Symmetric (SimCLR-style): blur p 0.5 in both views, no solarisation (SimCLR appendix A; solo-learn
+#   imagenet-100/augmentations/symmetric.yaml gaussian_blur prob 0.5). The jitter strengths stay at
+#   BYOL's 0.4/0.4/0.2/0.1 (solo-learn's symmetric.yaml uses SimCLR's 0.8/0.8/0.8/0.2; the code's
+#   docstrings say "BYOL/solo-learn strengths" for every colour preset). CIFAR does not blur
+#   symmetric either (SimCLR's CIFAR-10 setting; solo-learn's cifar/symmetric.yaml blurs with p 0.5).
+# * Blur kernels: odd, about 10 % of the crop side (SimCLR appendix A): 23 at 224 (BYOL), 9 at 96,
+#   7 at 64; 3 at 32 (unused, cifar never blurs).
+# * digits (8x8 grey) is this project's own setting (mitools.data.augment.get_preset docstring,
+#   DIGITS_CROP_SCALE measured there): crop scale (0.7, 1), rotation +-10 degrees, noise std 0.05, no
+#   flip, no colour operations; asymmetric has no effect.
+
+_COLOUR_VIEW = dict(
+    crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip_p=0.5, jitter_p=0.8, brightness=0.4,
+    contrast=0.4, saturation=0.2, hue=0.1, grayscale_p=0.2, blur_sigma=(0.1, 2.0),
+    solarize_threshold=0.5, rotation_deg=0.0, noise_std=0.0,
+)  # fmt: skip
+_DIGITS_VIEW = dict(
+    size=8, crop_scale=(0.7, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip_p=0.0, jitter_p=0.0,
+    brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,  # inert: jitter_p is 0
+    grayscale_p=0.0, blur_p=0.0, blur_kernel=3, blur_sigma=(0.1, 2.0), solarize_p=0.0,
+    solarize_threshold=0.5, rotation_deg=10.0, noise_std=0.05,
+)  # fmt: skip
+_SIZE_AND_KERNEL = {
+    "cifar": (32, 3),
+    "stl10": (96, 9),
+    "tiny_imagenet": (64, 7),
+    "imagenet100": (224, 23),
+}
+# (blur_p, solarize_p) of (view 1, view 2)
+_SYMMETRIC_BLUR_SOLARIZE = ((0.5, 0.0), (0.5, 0.0))
+_BYOL_BLUR_SOLARIZE = ((1.0, 0.0), (0.1, 0.2))
+_CIFAR_BLUR_SOLARIZE = {False: ((0.0, 0.0), (0.0, 0.0)), True: ((0.0, 0.0), (0.0, 0.2))}
+
+
+def _expected_view(preset: str, asymmetric: bool, view: int) -> dict:
+    """Every ViewConfig field of view ``view`` of preset ``preset``, from the table above."""
+    if preset == "digits":
+        return dict(_DIGITS_VIEW)
+    size, kernel = _SIZE_AND_KERNEL[preset]
+    if preset == "cifar":
+        blur_solarize = _CIFAR_BLUR_SOLARIZE[asymmetric]
+    else:
+        blur_solarize = _BYOL_BLUR_SOLARIZE if asymmetric else _SYMMETRIC_BLUR_SOLARIZE
+    blur_p, solarize_p = blur_solarize[view - 1]
+    return dict(_COLOUR_VIEW, size=size, blur_kernel=kernel, blur_p=blur_p, solarize_p=solarize_p)
+
+
+# dataset -> augmentation preset (DatasetSpec.augmentation), the route preset_for takes
+_PRESET_OF_DATASET = {
+    "cifar10": "cifar", "cifar100": "cifar", "stl10": "stl10", "tiny_imagenet": "tiny_imagenet",
+    "imagenet100": "imagenet100", "digits": "digits",
+}  # fmt: skip
+
+
+def test_preset_values_pin_the_standard_protocols():
+    """Every field of both views of every preset, symmetric and asymmetric, equals the table above
+    (exact float equality: the values are written the same way in the code)."""
+    assert set(PRESET_NAMES) == {*_SIZE_AND_KERNEL, "digits"}
+    view_fields = {f.name for f in dataclasses.fields(ViewConfig)}
+    for name in PRESET_NAMES:
+        for asymmetric in (False, True):
+            preset = get_preset(name, asymmetric=asymmetric)
+            assert preset.name == name + ("_asym" if asymmetric else "")
+            assert preset.channels == (1 if name == "digits" else 3)
+            assert preset.mean is None and preset.std is None
+            for view in (1, 2):
+                expected = _expected_view(name, asymmetric, view)
+                assert set(expected) == view_fields, "a ViewConfig field is missing from the table"
+                got = dataclasses.asdict(preset.view(view))
+                wrong = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
+                assert not wrong, (name, asymmetric, view, "got, expected:", wrong)
+    for dataset, name in _PRESET_OF_DATASET.items():
+        spec = DATASET_SPECS[dataset]
+        assert spec.augmentation == name
+        for asymmetric in (False, True):
+            preset = preset_for(dataset, asymmetric=asymmetric)
+            assert (preset.mean, preset.std) == (spec.mean, spec.std)
+            raw = preset_for(dataset, asymmetric=asymmetric, normalize=False)
+            assert raw.mean is None and raw.std is None
+            for p in (preset, raw):
+                for view in (1, 2):
+                    assert dataclasses.asdict(p.view(view)) == _expected_view(
+                        name, asymmetric, view
+                    )
 
 
 def test_determinism_with_seeds():

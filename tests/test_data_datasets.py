@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,51 @@ def test_cifar_md5_verification(tmp_path, monkeypatch):
     assert len(build_dataset("cifar10", tmp_path, "train", verify_integrity=True)) == 10
 
 
+def _truncate(path: Path, keep: float) -> None:
+    """Keep the first ``keep`` fraction of the bytes of ``path`` (an interrupted download/copy)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    ("name", "split", "file", "damage"),
+    [
+        ("cifar10", "train", "data_batch_2", "half"),  # UnpicklingError: pickle data was truncated
+        ("cifar10", "test", "test_batch", "empty"),  # EOFError: Ran out of input
+        ("cifar10", "test", "batches.meta", "no_key"),  # KeyError: 'label_names'
+        ("cifar100", "train", "train", "no_key"),  # KeyError: 'fine_labels'
+        ("cifar100", "test", "meta", "half"),
+    ],
+)
+def test_cifar_corrupt_pickle_names_file_and_remedy(tmp_path, name, split, file, damage):
+    make = make_cifar10 if name == "cifar10" else make_cifar100
+    make(tmp_path)
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    path = folder / file
+    if damage == "half":
+        _truncate(path, 0.5)
+    elif damage == "empty":
+        _truncate(path, 0.0)
+    else:  # a readable pickle of the wrong content
+        _write_pickle(path, {"data": np.zeros((1, 3072), np.uint8), "batch_label": "x"})
+    with pytest.raises(ValueError) as err:
+        build_dataset(name, tmp_path, split)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{name} {split}: cannot read {path}: ")
+    assert "truncated or corrupt" in msg and "delete it and pass download=True" in msg
+    assert "https://www.cs.toronto.edu/~kriz/" in msg
+    if damage == "no_key":
+        assert "no key(s) ['" in msg
+
+
+def test_cifar_pickle_with_wrong_data_shape(tmp_path):
+    make_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    _write_pickle(path, {"data": np.zeros((3, 3000), np.uint8), "labels": [0, 1, 2]})
+    with pytest.raises(ValueError, match=r"test_batch: 'data' of shape \(3, 3000\) for 3 labels"):
+        build_dataset("cifar10", tmp_path, "test")
+
+
 # ----------------------------------------------------------------------------- STL-10
 
 
@@ -260,6 +306,21 @@ def test_stl10_missing_and_corrupt(tmp_path):
         f.write(b"\x00" * 7)
     with pytest.raises(ValueError, match="not a multiple of 27648"):
         build_dataset("stl10", tmp_path, "test")
+
+
+@pytest.mark.parametrize("file", ["train_X.bin", "train_y.bin", "unlabeled_X.bin"])
+def test_stl10_truncated_file_names_file_and_remedy(tmp_path, file):
+    make_stl10(tmp_path)
+    path = tmp_path / "stl10_binary" / file
+    _truncate(path, 0.6)  # 3 train images -> 1.8, 3 labels -> 1, 4 unlabeled -> 2.4
+    with pytest.raises(ValueError) as err:
+        build_dataset("stl10", tmp_path, "train+unlabeled")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"stl10 train+unlabeled: cannot read {path}: ")
+    assert "truncated or corrupt" in msg and "delete it and pass download=True" in msg
+    assert torchvision.datasets.STL10.url in msg
+    problem = "1 labels for 3 images" if file == "train_y.bin" else "not a multiple of 27648"
+    assert problem in msg
 
 
 # ----------------------------------------------------------------------------- Tiny-ImageNet
@@ -352,6 +413,50 @@ def test_tiny_imagenet_errors(tmp_path):
         build_dataset("tiny_imagenet", tmp_path, "train", download=True)
 
 
+def _empty_class(folder: Path) -> None:
+    """Delete the images of a class folder, keeping the folder (an interrupted copy)."""
+    for p in folder.iterdir():
+        if p.suffix == ".JPEG":
+            p.unlink()
+
+
+@pytest.mark.parametrize(
+    ("official", "split", "damage", "problem"),
+    [
+        (True, "train", "no_folder", "1 without a class folder ['n01000001']"),
+        (True, "train", "empty", "1 with an empty folder (no images) ['n01000001']"),
+        (False, "train", "empty", "1 with an empty folder (no images) ['n01000001']"),
+        (False, "val", "no_folder", "1 without a class folder ['n01000001']"),
+    ],
+    ids=[
+        "official-train-no_folder",
+        "official-train-empty",
+        "plain-train-empty",
+        "plain-val-no_folder",
+    ],
+)
+def test_tiny_imagenet_incomplete_tree(tmp_path, official, split, damage, problem):
+    make_tiny_imagenet(tmp_path, official)
+    root = tmp_path / "tiny-imagenet-200" if official else tmp_path
+    class_dir = root / split / "n01000001"
+    if damage == "no_folder":
+        shutil.rmtree(class_dir)
+    else:
+        _empty_class(class_dir / "images" if official else class_dir)
+    with pytest.raises(ValueError) as err:
+        build_dataset("tiny_imagenet", tmp_path, split)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(
+        f"tiny_imagenet {split}: 1 of 3 classes have no images in {root / split}: "
+    )
+    assert problem in msg
+    assert "an interrupted copy? re-copy those class folders" in msg
+    assert "tiny-imagenet-200.zip" in msg
+    other = "val" if split == "train" else "train"
+    assert len(build_dataset("tiny_imagenet", tmp_path, other)) > 0  # the complete split loads
+
+
 # ----------------------------------------------------------------------------- ImageNet-100
 
 IN100_SMALL = ["n00000003", "n00000001", "n00000002"]
@@ -366,10 +471,19 @@ def make_imagenet100(root: Path, classes=IN100_SMALL, per_class=(3, 1)) -> None:
 
 
 def test_imagenet100_class_list_constant():
+    """The whole list, in order, is CMC's imagenet100.txt (github.com/HobbitLong/CMC).
+
+    The audit of issue 4 compared the tuple with two independent copies of that file and found it
+    equal; it was compared again with HobbitLong/CMC's own copy when this test was written, equal
+    too. The sha256 below is of ``"\\n".join(IMAGENET100_CLASSES)`` (no trailing newline), computed
+    then. The list is in the file's order, not sorted; datasets sort it for class indices.
+    """
     assert len(IMAGENET100_CLASSES) == 100 == len(set(IMAGENET100_CLASSES))
     assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in IMAGENET100_CLASSES)
-    # first and last entries of CMC's imagenet100.txt
     assert IMAGENET100_CLASSES[0] == "n02869837" and IMAGENET100_CLASSES[-1] == "n02090622"
+    assert list(IMAGENET100_CLASSES) != sorted(IMAGENET100_CLASSES)  # CMC's order is kept
+    digest = hashlib.sha256("\n".join(IMAGENET100_CLASSES).encode()).hexdigest()
+    assert digest == "b06db93f7ac2851ef476c162d6c4cbba17197be0269c88005add46486f682cb0"
     assert DATASET_SPECS["imagenet100"].num_classes == 100
 
 
@@ -404,6 +518,42 @@ def test_imagenet100_class_mismatch_errors(tmp_path):
         build_dataset("imagenet100", tmp_path / "nowhere", "val")
     with pytest.raises(ValueError, match="imagenet100 only"):
         build_dataset("cifar10", tmp_path, "train", class_list=IN100_SMALL)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_imagenet100_empty_class_folders(tmp_path, split):
+    make_imagenet100(tmp_path, classes=[*IN100_SMALL, "n00000004"])
+    for wnid in ("n00000004", "n00000002"):
+        _empty_class(tmp_path / split / wnid)
+    class_list = [*IN100_SMALL, "n00000004"]
+    with pytest.raises(ValueError) as err:
+        build_dataset("imagenet100", tmp_path, split, class_list=class_list)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        f"imagenet100 {split}: 2 of 4 classes have no images in {tmp_path / split}: 2 with an "
+        "empty folder (no images) ['n00000002', 'n00000004']; an interrupted copy? re-copy those "
+        f"class folders (from ImageNet-1k's {split} set)"
+    )
+    other = "val" if split == "train" else "train"
+    assert len(build_dataset("imagenet100", tmp_path, other, class_list=class_list)) > 0
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet100"])
+def test_missing_data_errors_show_relative_root_as_absolute(tmp_path, monkeypatch, name):
+    """Under torchrun/Slurm the working directory may differ: a relative root is also shown
+    resolved."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset(name, "data", "train")
+    msg = str(err.value)
+    absolute = (tmp_path / "data").resolve()
+    assert "\n" not in msg
+    if name in ("cifar10", "cifar100", "stl10"):
+        assert f"ROOT=data (= {absolute})" in msg
+    else:
+        assert f"missing data/train (= {absolute / 'train'})" in msg
 
 
 # ----------------------------------------------------------------------------- digits

@@ -52,7 +52,6 @@ import inspect
 import json
 import math
 import os
-import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -567,24 +566,16 @@ def _channel_mismatch(state: dict, data: str, spec: Any) -> str | None:
 
 
 def _data_missing_message(exc: FileNotFoundError) -> str:
-    """``exc``'s message with the loader's download hint (written for the trainer and the library,
-    whose ``download`` options linear_eval does not have) replaced by what applies here."""
-    from mitools.data import datasets
+    """A missing dataset, with what applies here: linear_eval has no download option."""
+    from mitools.data.datasets import DatasetNotFoundError
 
-    msg = str(exc)
-    hint = getattr(datasets, "_DOWNLOAD_HINT", None)
-    if not hint or hint not in msg:
-        return msg
-    here = (
-        "linear_eval does not download: download and unpack it into ROOT first (e.g. with a "
-        "trainer run given --set data.download=true), or point --root at the folder that holds it"
+    if not isinstance(exc, DatasetNotFoundError):
+        return str(exc)
+    return (
+        f"{exc.detail}; linear_eval does not download: download and unpack {exc.url} into ROOT "
+        "first (e.g. with a trainer run given --set data.download=true), or point --root at the "
+        "folder that holds it"
     )
-    msg, n = re.subn(
-        re.escape(hint) + r" to fetch (\S+) into ROOT",
-        lambda m: here.replace("unpack it", f"unpack {m.group(1)}"),
-        msg,
-    )
-    return msg if n else msg.replace(hint, here)
 
 
 def _build_parser() -> argparse.ArgumentParser:

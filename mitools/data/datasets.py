@@ -36,6 +36,15 @@ Class indices of folder datasets are the positions of the wnids in sorted order 
 Integrity: the official archives have published md5 sums (torchvision checks them on every load).
 Here they are checked only with ``verify_integrity=True``, so that test fixtures and re-packed copies
 in the same format load; ``download=True`` delegates to torchvision, which verifies the archive.
+Without it, a CIFAR pickle that cannot be read (truncated, corrupt, or without the expected keys)
+and an STL-10 ``.bin`` whose size is not a whole number of images are still a ValueError naming
+the file. Folder datasets must be complete: every class of the class list (``IMAGENET100_CLASSES``,
+or Tiny-ImageNet's ``wnids.txt``, else the ``train`` folders) needs a class folder holding at least
+one image in each class-folder split, else a ValueError names the empty or missing classes (an
+interrupted copy would otherwise train on fewer classes without notice).
+
+Errors name paths as given and, for a relative ``root``, also its absolute form (the working
+directory of a torchrun/Slurm job is not always the submitting shell's).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
+    "DatasetNotFoundError",
     "DatasetSpec",
     "DATASET_SPECS",
     "IMAGENET100_CLASSES",
@@ -73,6 +83,25 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
 _DOWNLOAD_HINT = "pass download=True (or --set data.download=true)"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A downloadable dataset's files are missing.
+
+    ``detail``: what is missing and the expected layout; ``url``: the archive that provides it.
+    The message adds how to download it with this library or the trainer (``download=True``);
+    a program without a download option (``trainers.linear_eval``) builds its own from the two.
+    """
+
+    def __init__(self, detail: str, url: str) -> None:
+        self.detail, self.url = detail, url
+        super().__init__(f"{detail}; {_DOWNLOAD_HINT} to fetch {url} into ROOT")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as given, plus its resolved absolute form when it is relative."""
+    return str(path) if path.is_absolute() else f"{path} (= {path.resolve()})"
+
 
 # The 100 ImageNet classes of CMC (Tian et al. 2019, github.com/HobbitLong/CMC, imagenet100.txt),
 # the subset that solo-learn and most SSL papers call ImageNet-100. Order as in that file.
@@ -341,22 +370,52 @@ def _load_cifar(
             if name == "cifar10"
             else ", ".join(all_files)
         )
-        raise FileNotFoundError(
-            f"{name} {split}: missing {missing[0]}; expected ROOT/{fmt.folder}/{{{listed}}} with "
-            f"ROOT={root}; {_DOWNLOAD_HINT} to fetch {fmt.url} into ROOT"
+        raise DatasetNotFoundError(
+            f"{name} {split}: missing {_shown(missing[0])}; expected "
+            f"ROOT/{fmt.folder}/{{{listed}}} with ROOT={_shown(root)}",
+            fmt.url,
         )
     if verify:
         _verify_md5(name, files, _tv_md5s(tv_cls))
     chunks, targets = [], []
     for path in files[:-1]:
+        entry = _read_cifar_pickle(name, split, path, ("data", fmt.label_key))
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = [int(t) for t in entry[fmt.label_key]]
+        if data.ndim != 2 or data.shape != (len(labels), 3072):
+            raise _corrupt_file_error(
+                f"{name} {split}", path, f"'data' of shape {data.shape} for {len(labels)} labels "
+                "(expected (N, 3072) uint8)", fmt.url,
+            )  # fmt: skip
+        chunks.append(data)
+        targets.extend(labels)
+    data = np.concatenate(chunks).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    classes = _read_cifar_pickle(name, split, files[-1], (fmt.meta_key,))[fmt.meta_key]
+    return ArrayImageDataset(np.ascontiguousarray(data), targets, classes, transform)
+
+
+def _corrupt_file_error(what: str, path: Path, problem: str, url: str) -> ValueError:
+    """One-line error for a data file that exists but cannot be read as its format says."""
+    return ValueError(
+        f"{what}: cannot read {_shown(path)}: {problem}; the file is truncated or corrupt (an "
+        f"interrupted download or copy?): delete it and {_DOWNLOAD_HINT} to re-download {url}"
+    )
+
+
+def _read_cifar_pickle(name: str, split: str, path: Path, keys: Sequence[str]) -> dict:
+    """The dict pickled in CIFAR file ``path``; ValueError if unreadable or without ``keys``."""
+    url = _CIFAR[name].url
+    try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
-        chunks.append(np.asarray(entry["data"], dtype=np.uint8))
-        targets.extend(int(t) for t in entry[fmt.label_key])
-    data = np.concatenate(chunks).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    with open(files[-1], "rb") as f:
-        classes = pickle.load(f, encoding="latin1")[fmt.meta_key]
-    return ArrayImageDataset(np.ascontiguousarray(data), targets, classes, transform)
+    except Exception as exc:  # a damaged pickle can raise nearly anything; all mean "corrupt"
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise _corrupt_file_error(f"{name} {split}", path, problem, url) from exc
+    absent = [k for k in keys if k not in entry] if isinstance(entry, dict) else list(keys)
+    if absent:
+        got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise _corrupt_file_error(f"{name} {split}", path, f"no key(s) {absent} (found {got})", url)
+    return entry
 
 
 # ----------------------------------------------------------------------------- STL-10
@@ -370,12 +429,18 @@ _STL_FILES = {
 }
 
 
-def _read_stl_images(path: Path) -> np.ndarray:
-    """uint8 (N, 96, 96, 3): each image on disk is 3 channels, each a column-major 96x96 array."""
+def _read_stl_images(path: Path, split: str, url: str) -> np.ndarray:
+    """uint8 (N, 96, 96, 3): each image on disk is 3 channels, each a column-major 96x96 array.
+
+    A size that is not a whole number of images (a truncated file) is a ValueError naming the file.
+    """
     raw = np.fromfile(path, dtype=np.uint8)
     per_image = 3 * _STL_SIDE * _STL_SIDE
     if raw.size % per_image:
-        raise ValueError(f"stl10: {path} has {raw.size} bytes, not a multiple of {per_image}")
+        raise _corrupt_file_error(
+            f"stl10 {split}", path,
+            f"{raw.size} bytes, not a multiple of {per_image} (one 3x96x96 image)", url,
+        )  # fmt: skip
     # on disk (N, C, W, H) in C order == per-channel column-major; to (N, H, W, C)
     return np.ascontiguousarray(raw.reshape(-1, 3, _STL_SIDE, _STL_SIDE).transpose(0, 3, 2, 1))
 
@@ -392,26 +457,28 @@ def _load_stl10(
     needed = [folder / f for p in parts for f in _STL_FILES[p] if f is not None]
     missing = [p for p in needed if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"stl10 {split}: missing {missing[0]}; expected ROOT/{_STL_FOLDER}/{{train_X.bin, "
-            f"train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} with ROOT={root}; "
-            f"{_DOWNLOAD_HINT} to fetch {torchvision.datasets.STL10.url} into ROOT"
+        raise DatasetNotFoundError(
+            f"stl10 {split}: missing {_shown(missing[0])}; expected ROOT/{_STL_FOLDER}/{{"
+            f"train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} with "
+            f"ROOT={_shown(root)}",
+            torchvision.datasets.STL10.url,
         )
     if verify:
         _verify_md5("stl10", needed, _tv_md5s(torchvision.datasets.STL10))
     datas, targets = [], []
     for part in parts:
         x_file, y_file = _STL_FILES[part]
-        images = _read_stl_images(folder / x_file)
+        images = _read_stl_images(folder / x_file, split, torchvision.datasets.STL10.url)
         if y_file is None:
             labels = np.full(images.shape[0], -1, dtype=np.int64)
         else:
             labels = np.fromfile(folder / y_file, dtype=np.uint8).astype(np.int64) - 1
             if labels.shape[0] != images.shape[0]:
-                raise ValueError(
-                    f"stl10: {folder / y_file} has {labels.shape[0]} labels for "
-                    f"{images.shape[0]} images in {folder / x_file}"
-                )
+                raise _corrupt_file_error(
+                    f"stl10 {split}", folder / y_file,
+                    f"{labels.shape[0]} labels for {images.shape[0]} images in {folder / x_file}",
+                    torchvision.datasets.STL10.url,
+                )  # fmt: skip
         datas.append(images)
         targets.append(labels)
     class_file = folder / "class_names.txt"
@@ -440,6 +507,33 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
+def _check_complete(
+    dataset: str,
+    split: str,
+    split_dir: Path,
+    per_class: dict[str, int],
+    remedy: str,
+) -> None:
+    """ValueError if a class of ``per_class`` (wnid -> number of images; -1: no folder) has none.
+
+    An interrupted copy leaves such a tree; loading it would train on fewer classes silently.
+    """
+    missing = sorted(w for w, n in per_class.items() if n < 0)
+    empty = sorted(w for w, n in per_class.items() if n == 0)
+    if not missing and not empty:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} without a class folder {missing[:5]}")
+    if empty:
+        parts.append(f"{len(empty)} with an empty folder (no images) {empty[:5]}")
+    raise ValueError(
+        f"{dataset} {split}: {len(missing) + len(empty)} of {len(per_class)} classes have no "
+        f"images in {_shown(split_dir)}: {', '.join(parts)}; an interrupted copy? re-copy those "
+        f"class folders ({remedy})"
+    )
+
+
 def _tiny_root(root: Path) -> Path:
     nested = root / "tiny-imagenet-200"
     if not (root / "train").is_dir() and not (root / "val").is_dir() and nested.is_dir():
@@ -458,7 +552,9 @@ def _load_tiny_imagenet(root: Path, split: str, transform: Callable | None) -> F
     root = _tiny_root(root)
     split_dir = root / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"tiny_imagenet {split}: missing {split_dir}; {_TINY_LAYOUT}")
+        raise FileNotFoundError(
+            f"tiny_imagenet {split}: missing {_shown(split_dir)}; {_TINY_LAYOUT}"
+        )
     wnids_file = root / "wnids.txt"
     if wnids_file.is_file():
         classes = sorted(set(wnids_file.read_text().split()))
@@ -482,8 +578,8 @@ def _load_tiny_imagenet(root: Path, split: str, transform: Callable | None) -> F
             path = split_dir / "images" / fields[0]
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"tiny_imagenet val: {annotations} lists {fields[0]} but {path} is missing; "
-                    f"{_TINY_LAYOUT}"
+                    f"tiny_imagenet val: {annotations} lists {fields[0]} but {_shown(path)} is "
+                    f"missing; {_TINY_LAYOUT}"
                 )
             samples.append((path, index[fields[1]]))
     else:
@@ -491,14 +587,22 @@ def _load_tiny_imagenet(root: Path, split: str, transform: Callable | None) -> F
         unknown = sorted(set(dirs) - set(index))
         if unknown:
             raise ValueError(
-                f"tiny_imagenet {split}: class folders {unknown[:10]} of {split_dir} are not in the "
-                f"class list ({wnids_file if wnids_file.is_file() else root / 'train'})"
+                f"tiny_imagenet {split}: class folders {unknown[:10]} of {_shown(split_dir)} are not "
+                f"in the class list ({wnids_file if wnids_file.is_file() else root / 'train'})"
             )
+        per_class = dict.fromkeys(classes, -1)
         for wnid in dirs:
-            samples.extend((p, index[wnid]) for p in _class_images(split_dir / wnid))
+            images = _class_images(split_dir / wnid)
+            per_class[wnid] = len(images)
+            samples.extend((p, index[wnid]) for p in images)
+        if samples:  # an empty tree gets the layout error below
+            _check_complete(
+                "tiny_imagenet", split, split_dir, per_class,
+                "or unzip http://cs231n.stanford.edu/tiny-imagenet-200.zip again",
+            )  # fmt: skip
     if not samples:
         raise FileNotFoundError(
-            f"tiny_imagenet {split}: no images under {split_dir}; {_TINY_LAYOUT}"
+            f"tiny_imagenet {split}: no images under {_shown(split_dir)}; {_TINY_LAYOUT}"
         )
     return FileImageDataset(samples, classes, transform)
 
@@ -517,18 +621,26 @@ def _load_imagenet100(
         "folders of ImageNet-1k (val re-sorted into class folders)"
     )
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"imagenet100 {split}: missing {split_dir}; {layout}")
+        raise FileNotFoundError(f"imagenet100 {split}: missing {_shown(split_dir)}; {layout}")
     present = set(_subdirs(split_dir))
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
     if missing or extra:
         raise ValueError(
-            f"imagenet100 {split}: class folders of {split_dir} do not match the class list: "
-            f"{len(missing)} missing {missing[:10]}, {len(extra)} extra {extra[:10]}; {layout}"
+            f"imagenet100 {split}: class folders of {_shown(split_dir)} do not match the class "
+            f"list: {len(missing)} missing {missing[:10]}, {len(extra)} extra {extra[:10]}; "
+            f"{layout}"
         )
     classes = sorted(expected)
-    samples = [(p, i) for i, wnid in enumerate(classes) for p in _image_files(split_dir / wnid)]
+    images = {wnid: _image_files(split_dir / wnid) for wnid in classes}
+    samples = [(p, i) for i, wnid in enumerate(classes) for p in images[wnid]]
     if not samples:
-        raise FileNotFoundError(f"imagenet100 {split}: no images under {split_dir}; {layout}")
+        raise FileNotFoundError(
+            f"imagenet100 {split}: no images under {_shown(split_dir)}; {layout}"
+        )
+    _check_complete(
+        "imagenet100", split, split_dir, {w: len(v) for w, v in images.items()},
+        f"from ImageNet-1k's {split} set",
+    )  # fmt: skip
     return FileImageDataset(samples, classes, transform)
 
 
@@ -602,7 +714,7 @@ def build_dataset(
     root = Path(root).expanduser()
     if download and name in ("tiny_imagenet", "imagenet100"):
         raise ValueError(
-            f"{name}: download=True is not supported; prepare ROOT={root} by hand (see "
+            f"{name}: download=True is not supported; prepare ROOT={_shown(root)} by hand (see "
             "mitools.data.datasets docstring)"
         )
     if name in _CIFAR:
