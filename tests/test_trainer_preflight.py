@@ -376,3 +376,19 @@ def test_config_shapes_that_used_to_give_tracebacks(tmp_path, capsys, no_trainin
     if not torch.cuda.is_available():
         assert pretrain.main(_cli_args(tmp_path / "run", ["train.device=cuda"])) == 2
         assert "CUDA is not available" in _one_line_error(capsys)
+
+
+def test_resume_auto_without_a_checkpoint_starts_the_log_over(tmp_path):
+    """A run killed before its first checkpoint left metrics.jsonl records; --resume auto finds
+    no checkpoint and starts over, and the log holds the new run's records only."""
+    fresh, killed = tmp_path / "fresh", tmp_path / "killed"
+    train(load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={fresh}"]))
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text('{"kind": "step", "epoch": 0, "step": 1, "loss": 9}\n')
+    train(load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={killed}"]), "auto")
+    drop = {"images_per_s"}
+    rows = [{k: v for k, v in r.items() if k not in drop} for r in pretrain.read_metrics(killed)]
+    assert rows == [
+        {k: v for k, v in r.items() if k not in drop} for r in pretrain.read_metrics(fresh)
+    ]
+    assert rows and all(r.get("loss") != 9 for r in rows)

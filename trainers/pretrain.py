@@ -1123,7 +1123,9 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
     # --- resume
     epoch, step, batch_in_epoch = 0, 0, 0
-    resumed_step = None
+    # --resume auto with no checkpoint starts over: records of a run killed before its first
+    # checkpoint are dropped like those past a checkpoint
+    resumed_step = 0 if resume == "auto" else None
     if ckpt_state is not None:
         state = ckpt_state  # read once (on the CPU) by the check; load_state_dict copies over
         model.load_state_dict(state["model"])
