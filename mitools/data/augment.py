@@ -43,7 +43,10 @@ how the tests check that the two paths agree.
 
 BYOL-style asymmetry: ``get_preset(..., asymmetric=True)`` gives view 1 ``blur_p = 1,
 solarize_p = 0`` and view 2 ``blur_p = 0.1, solarize_p = 0.2`` (for presets that blur); the default
-is symmetric SimCLR-style (``blur_p = 0.5`` both, no solarisation).
+is symmetric: BYOL's colour strengths on both views, blurred with ``blur_p = 0.5`` as in SimCLR
+(above 32 px), no solarisation. This is not solo-learn's symmetric CIFAR setting, which uses
+SimCLR's stronger jitter (0.8, 0.8, 0.8, 0.2) and blurs at 32 px too; ``data.view`` in the
+trainer's config overrides any field.
 """
 
 from __future__ import annotations
