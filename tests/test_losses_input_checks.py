@@ -115,3 +115,32 @@ def test_mio_gradient_matches_autograd_with_a_zero_row(lam, mse_on):
     # the zero row's gradient is O(1/eps) = O(1e12): compare relative to that scale
     torch.testing.assert_close(g1, ga, rtol=1e-10, atol=1e-10 * float(ga.abs().max()))
     torch.testing.assert_close(g2, gb, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_compute_in_full_precision_under_autocast(name):
+    """Under bf16 autocast (the trainer's CUDA default; here CPU autocast) every loss upcasts
+    half-precision embeddings and computes with autocast off: its value equals the float32
+    computation on the same (bf16-valued) embeddings exactly, and the input gradients equal the
+    float32 ones rounded to bf16. Before, the matmuls ran in bf16: VICReg's input gradient was 5 %
+    (relative norm) off, Barlow Twins' 3 %, SimCLR's 1.4 %."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(256, 32, generator=g)
+    x1 = (base + 0.3 * torch.randn(256, 32, generator=g)).bfloat16()
+    x2 = (base + 0.3 * torch.randn(256, 32, generator=g)).bfloat16()
+    loss = build_loss(name).eval()
+
+    def run(a, b, autocast):
+        a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = loss(a, b)
+        value.backward()
+        return value.detach(), a.grad, b.grad
+
+    want, want1, want2 = run(x1.float(), x2.float(), autocast=False)
+    got, got1, got2 = run(x1, x2, autocast=True)
+    assert got.dtype == want.dtype and torch.equal(got, want), (float(got), float(want))
+    assert got1.dtype == torch.bfloat16
+    assert torch.equal(got1, want1.bfloat16()) and torch.equal(got2, want2.bfloat16())
+    # float32 embeddings inside an autocast region: the same float32 computation
+    assert torch.equal(run(x1.float(), x2.float(), autocast=True)[0], want)

@@ -30,6 +30,7 @@ from mitools.losses._common import (
     check_positive,
     common_dtype,
     detach_terms,
+    full_precision,
     maybe_gather,
 )
 
@@ -66,6 +67,7 @@ class SimCLRLoss(nn.Module):
         self._loss = _LightlyNTXent(temperature=temperature, gather_distributed=False)
         self.last_terms: dict[str, float | Tensor] = {}
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
@@ -99,6 +101,7 @@ class BarlowTwinsLoss(nn.Module):
         self._loss = _LightlyBarlowTwins(lambda_param=lambda_param, gather_distributed=False)
         self.last_terms: dict[str, float | Tensor] = {}
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
@@ -151,6 +154,7 @@ class VICRegLoss(nn.Module):
         )
         self.last_terms: dict[str, float | Tensor] = {}
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
@@ -197,6 +201,7 @@ class BYOLLoss(nn.Module):
         self._negcos = NegativeCosineSimilarity(dim=1)
         self.last_terms: dict[str, float | Tensor] = {}
 
+    @full_precision
     def forward(
         self, z1: Tensor, z2: Tensor, target1: Tensor | None = None, target2: Tensor | None = None
     ) -> Tensor:
@@ -278,6 +283,7 @@ class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
         eye = torch.eye(d, dtype=torch.float64, device=z.device)
         return torch.linalg.cholesky(R + self.R_eps_weight * eye).diagonal().log().sum() * 2
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
@@ -353,6 +359,7 @@ class MECLoss(nn.Module):
             total = total + (-1) ** (k + 1) * torch.trace(power) / k
         return total
 
+    @full_precision
     def forward(
         self, z1: Tensor, z2: Tensor, target1: Tensor | None = None, target2: Tensor | None = None
     ) -> Tensor:

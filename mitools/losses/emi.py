@@ -67,6 +67,7 @@ from mitools.losses._common import (
     check_pair,
     common_dtype,
     detach_terms,
+    full_precision,
     maybe_gather,
 )
 
@@ -251,6 +252,7 @@ class EMILoss(LazyBuffersMixin, nn.Module):
             self.ema_cov = C.detach().to(torch.float64)
         return C
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)

@@ -64,6 +64,7 @@ from mitools.losses._common import (
     check_positive,
     common_dtype,
     detach_terms,
+    full_precision,
     maybe_gather,
 )
 
@@ -274,6 +275,7 @@ class MIOLoss(nn.Module):
         self.check_finite = check_finite
         self.last_terms: dict[str, float | Tensor] = {}
 
+    @full_precision
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
