@@ -290,9 +290,8 @@ class CorInfoMaxLoss(LazyBuffersMixin, nn.Module):
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
         d = z1.shape[1]
         sim = F.mse_loss(z1, z2)
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            ld1 = self._branch(z1.double(), 1)
-            ld2 = self._branch(z2.double(), 2)
+        ld1 = self._branch(z1.double(), 1)  # autocast is off here (full_precision)
+        ld2 = self._branch(z2.double(), 2)
         cov = -(ld1 + ld2) / d
         loss = self.sim_loss_weight * sim.double() + self.cov_loss_weight * cov
         self.last_terms = detach_terms(

@@ -260,17 +260,16 @@ class EMILoss(LazyBuffersMixin, nn.Module):
         n, d = z1.shape
         if self.ema_cov.numel() and self.ema_cov.shape[0] != 2 * d:
             raise ValueError(f"EMA covariance is {tuple(self.ema_cov.shape)} but inputs have d={d}")
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            a = z1.to(self.compute_dtype)
-            b = z2.to(self.compute_dtype)
-            c_batch = joint_covariance(a, b, center=self.center)
-            if self.covariance == "ema":
-                C = self._ema(c_batch)
-            else:
-                if self.ridge == 0.0:
-                    self._check_batch(n, d)
-                C = c_batch
-            mi, terms = second_order_mi(C, d, form=self.form, logdet=self._logdet, ridge=self.ridge)
+        a = z1.to(self.compute_dtype)  # autocast is off here (full_precision)
+        b = z2.to(self.compute_dtype)
+        c_batch = joint_covariance(a, b, center=self.center)
+        if self.covariance == "ema":
+            C = self._ema(c_batch)
+        else:
+            if self.ridge == 0.0:
+                self._check_batch(n, d)
+            C = c_batch
+        mi, terms = second_order_mi(C, d, form=self.form, logdet=self._logdet, ridge=self.ridge)
         loss = -mi
         self.last_terms = detach_terms({"loss": loss, "mi": mi, **terms})
         return loss
