@@ -68,9 +68,9 @@ def _one_line_error(capsys) -> str:
         (
             ["model.projector_last_bn=false"],
             "digits_mio.yaml",
-            r"loss.name='emi', the config has 'mio'",
+            r"loss.name: checkpoint 'emi', config 'mio'",
         ),
-        (["optim.name=lars"], "digits_emi.yaml", r"optim.name='adamw', the config has 'lars'"),
+        (["optim.name=lars"], "digits_emi.yaml", r"optim.name: checkpoint 'adamw', config 'lars'"),
         (["model.momentum_encoder=true"], "digits_emi.yaml", r"has no momentum encoder"),
     ],
 )

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from mitools.progress import progress, progress_enabled
 from trainers.config import (
+    _FREE_FORM,
     Config,
     ConfigError,
     check_loss_params,
@@ -355,7 +356,7 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
     written for another model, loss or optimiser (:func:`check_resume`). Returns the run
     folder."""
     from mitools.data.augment import PRESET_NAMES
-    from mitools.data.datasets import build_dataset, get_spec
+    from mitools.data.datasets import get_spec
     from mitools.models import EncoderSpec
     from mitools.optim import OPTIMIZERS
 
@@ -405,11 +406,7 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
         )
     _check_tensorboard(cfg)
     for split in {spec.pretrain_split, spec.train_split, spec.eval_split}:
-        try:
-            ds = build_dataset(cfg.data.name, cfg.data.root, split, download=cfg.data.download)
-        except (FileNotFoundError, ValueError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"dataset {cfg.data.name!r} not usable: {msg}") from exc
+        ds = _dataset(cfg, split, _Dist(), download=cfg.data.download)
         if split == spec.pretrain_split and len(ds) // world < cfg.data.batch_size // world:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the {cfg.data.name} "
@@ -536,15 +533,6 @@ def _check_resume(
     except StateDictMismatchError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     stored_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
-    checks = [
-        ("loss.name", cfg.loss.name, stored_cfg.get("loss", {}).get("name")),
-        ("optim.name", cfg.optim.name, stored_cfg.get("optim", {}).get("name")),
-    ]
-    for key, wanted, stored in checks:
-        if stored is not None and stored != wanted:
-            raise ConfigError(
-                f"{where} was written with {key}={stored!r}, the config has {wanted!r}"
-            )
     has_ema = state.get("ema") is not None
     if has_ema != bool(cfg.model.momentum_encoder):
         raise ConfigError(
@@ -570,14 +558,13 @@ _TRAJECTORY_KEYS = (
     "data.name", "data.preset", "data.view", "data.asymmetric", "data.batch_size",
     "train.epochs", "train.seed", "train.max_steps_per_epoch",
 )  # fmt: skip
-_FREE_FORM_SECTIONS = ("loss.params", "data.view")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name not in _FREE_FORM_SECTIONS:
+        if isinstance(value, dict) and name not in _FREE_FORM:
             out.update(_flatten(value, name + "."))
         else:
             out[name] = value
