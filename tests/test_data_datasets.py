@@ -7,8 +7,10 @@ files (CIFAR10/100, STL10 with their md5 check switched off), plus sklearn's loa
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from mitools.data import (
     get_spec,
     preset_for,
 )
+from mitools.data import datasets as datasets_module
+from mitools.data.datasets import download_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -248,7 +252,7 @@ def _stl_bytes(images: np.ndarray) -> bytes:
 def make_stl10(root: Path) -> dict:
     rng = _rng(3)
     folder = root / "stl10_binary"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, n in (("train", 3), ("test", 2), ("unlabeled", 4)):
         # a per-image ramp plus noise makes transposition and orientation errors visible
@@ -591,6 +595,208 @@ def test_spec_mean_std_of_digits_and_compute_mean_std(tmp_path):
     mean, std = compute_mean_std(build_dataset("cifar10", tmp_path, "test"))
     np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-12)
     np.testing.assert_allclose(std, x.std((0, 1, 2)), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- download
+
+_MAKERS = {"cifar10": make_cifar10, "cifar100": make_cifar100, "stl10": make_stl10}
+_TV_CLASSES = {
+    "cifar10": torchvision.datasets.CIFAR10,
+    "cifar100": torchvision.datasets.CIFAR100,
+    "stl10": torchvision.datasets.STL10,
+}
+_TV_MODULES = (torchvision.datasets.utils, torchvision.datasets.cifar, torchvision.datasets.stl10)
+
+
+def _fake_downloader(monkeypatch, name: str | None) -> list[tuple]:
+    """Replace torchvision's download_and_extract_archive (no network here) by one that records
+    its arguments and extracts the fixture of ``name`` (None: an archive without the files).
+
+    Patched in torchvision's dataset modules too (they import it by name), so a download through
+    torchvision's classes is recorded as well.
+    """
+    calls: list[tuple] = []
+
+    def fake(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
+        calls.append((url, Path(download_root), filename, md5))
+        if name is not None:
+            _MAKERS[name](Path(extract_root or download_root))
+
+    for module in _TV_MODULES:
+        monkeypatch.setattr(module, "download_and_extract_archive", fake)
+    return calls
+
+
+def _archive(name: str) -> tuple:
+    tv = _TV_CLASSES[name]
+    return (tv.url, tv.filename, tv.tgz_md5)
+
+
+def _failing(what: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} called")
+
+    return fail
+
+
+def _forbid(monkeypatch, *targets: tuple) -> None:
+    for owner, attr in targets:
+        monkeypatch.setattr(owner, attr, _failing(f"{owner.__name__}.{attr}"))
+
+
+def _forbid_reading_and_hashing(monkeypatch) -> None:
+    """Any read of a split (ours or torchvision's: pickle.load, np.fromfile) or md5 of a file fails."""
+    _forbid(
+        monkeypatch,
+        (datasets_module, "_read_cifar_pickle"),
+        (datasets_module, "_read_stl_images"),
+        (pickle, "load"),
+        (np, "fromfile"),
+        (torchvision.datasets.utils, "calculate_md5"),
+        (hashlib, "md5"),
+    )
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+def test_download_dataset_fetches_missing_files_once_with_torchvision_archive(
+    tmp_path, monkeypatch, name
+):
+    calls = _fake_downloader(monkeypatch, name)
+    root = tmp_path / "data"
+    assert download_dataset(name, root) == root
+    assert [(url, fname, md5) for url, _, fname, md5 in calls] == [_archive(name)]
+    assert calls[0][1] == root
+    split = get_spec(name).pretrain_split
+    assert len(build_dataset(name, root, split)) > 0
+    assert download_dataset(name, str(root), splits=[split]) == root  # present now: no download
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+def test_download_dataset_with_files_present_neither_downloads_nor_reads(
+    tmp_path, monkeypatch, name
+):
+    _MAKERS[name](tmp_path)
+    calls = _fake_downloader(monkeypatch, None)
+    _forbid_reading_and_hashing(monkeypatch)
+    assert download_dataset(name, tmp_path) == tmp_path
+    for split in get_spec(name).splits:
+        assert download_dataset(name, tmp_path, splits=[split]) == tmp_path
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("name", "split", "present", "size"),
+    [
+        ("cifar10", "train", False, 10),
+        ("cifar10", "train", True, 10),
+        ("cifar100", "test", False, 4),
+        ("stl10", "train+unlabeled", False, 7),
+        ("stl10", "train+unlabeled", True, 7),
+    ],
+)
+def test_build_dataset_download_reads_the_split_once(
+    tmp_path, monkeypatch, name, split, present, size
+):
+    """download=True no longer goes through torchvision's dataset class (which reads the whole
+    split, after an md5 of every file) before our loader reads it again."""
+    if present:
+        _MAKERS[name](tmp_path)
+    calls = _fake_downloader(monkeypatch, name)
+    tv_cls = _TV_CLASSES[name]
+    constructed = []
+    tv_init = tv_cls.__init__
+
+    def spy_init(self, *args, **kwargs):
+        constructed.append((args, kwargs))
+        tv_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tv_cls, "__init__", spy_init)
+    reads: Counter[str] = Counter()
+    real_load, real_fromfile = pickle.load, np.fromfile
+
+    def load(f, *args, **kwargs):
+        reads[os.path.basename(f.name)] += 1
+        return real_load(f, *args, **kwargs)
+
+    def fromfile(file, *args, **kwargs):  # torchvision passes an open file, we a path
+        reads[os.path.basename(getattr(file, "name", file))] += 1
+        return real_fromfile(file, *args, **kwargs)
+
+    monkeypatch.setattr(pickle, "load", load)
+    monkeypatch.setattr(np, "fromfile", fromfile)
+    _forbid(monkeypatch, (torchvision.datasets.utils, "calculate_md5"))
+
+    ds = build_dataset(name, tmp_path, split, download=True)
+    assert len(calls) == (0 if present else 1)
+    assert constructed == []
+    expected = [p.name for p in datasets_module._expected_files(name, tmp_path, split)]
+    assert reads == Counter(expected)  # every file of the split read exactly once
+    assert len(ds) == size  # the fixture's images of the split
+
+
+@pytest.mark.parametrize(
+    ("name", "gone", "split"),
+    [
+        ("cifar10", "data_batch_3", None),
+        ("cifar10", "batches.meta", "test"),
+        ("cifar100", "meta", None),
+        ("stl10", "unlabeled_X.bin", "train+unlabeled"),
+        ("stl10", "test_y.bin", None),
+    ],
+)
+def test_download_dataset_fetches_a_partially_present_set(tmp_path, monkeypatch, name, gone, split):
+    _MAKERS[name](tmp_path)
+    folder = tmp_path / _TV_CLASSES[name].base_folder
+    (folder / gone).unlink()
+    calls = _fake_downloader(monkeypatch, name)
+    download_dataset(name, tmp_path, splits=None if split is None else [split])
+    assert [(url, fname, md5) for url, _, fname, md5 in calls] == [_archive(name)]
+    assert (folder / gone).is_file()
+    assert len(build_dataset(name, tmp_path, split or get_spec(name).splits[0])) > 0
+
+
+def test_download_dataset_checks_only_the_requested_splits(tmp_path, monkeypatch):
+    make_cifar10(tmp_path)
+    make_stl10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").unlink()
+    calls = _fake_downloader(monkeypatch, None)
+    download_dataset("cifar10", tmp_path, splits=["test"])
+    download_dataset("stl10", tmp_path, splits="train")  # a str is one split
+    download_dataset("stl10", tmp_path, splits=["train", "test"])
+    assert calls == []
+    with pytest.raises(FileNotFoundError) as err:  # an archive without the expected files
+        download_dataset("stl10", tmp_path, splits=["train+unlabeled"])
+    msg = str(err.value)
+    assert len(calls) == 1 and "\n" not in msg
+    assert str(tmp_path / "stl10_binary" / "unlabeled_X.bin") in msg
+    assert "after extracting " + torchvision.datasets.STL10.url in msg
+
+
+def test_download_dataset_digits_and_not_downloadable_datasets(tmp_path, monkeypatch):
+    calls = _fake_downloader(monkeypatch, None)
+    assert download_dataset("digits", None) is None
+    assert download_dataset("digits", tmp_path / "d", splits=["val"]) == tmp_path / "d"
+    assert not (tmp_path / "d").exists()
+    for name in ("tiny_imagenet", "imagenet100"):
+        with pytest.raises(ValueError) as err:
+            download_dataset(name, tmp_path)
+        msg = str(err.value)
+        assert msg == (
+            f"{name}: download=True is not supported; prepare ROOT={tmp_path} by hand (see "
+            "mitools.data.datasets docstring)"
+        )
+        with pytest.raises(ValueError) as err2:  # the same error through build_dataset
+            build_dataset(name, tmp_path, "train", download=True)
+        assert str(err2.value) == msg
+    with pytest.raises(ValueError, match="did you mean 'cifar10'"):
+        download_dataset("cifar-10", tmp_path)
+    with pytest.raises(ValueError, match="stl10: unknown split 'val'; known splits: train, "):
+        download_dataset("stl10", tmp_path, splits=["train", "val"])
+    with pytest.raises(ValueError, match="root is None"):
+        download_dataset("cifar10", None)
+    assert calls == []
 
 
 # ----------------------------------------------------------------------------- registry

@@ -1,5 +1,6 @@
 """Data layer: dataset registry (:mod:`mitools.data.datasets`) and two-view SSL augmentation
-(:mod:`mitools.data.augment`, a CPU torchvision path and a batched device path)."""
+(:mod:`mitools.data.augment`, a CPU torchvision path, a batched device path and a hybrid of
+the two)."""
 
 from mitools.data.augment import (
     PRESET_NAMES,
@@ -30,6 +31,7 @@ from mitools.data.datasets import (
     build_dataset,
     compute_mean_std,
     digits_split_indices,
+    download_dataset,
     get_spec,
     known_datasets,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "build_dataset",
     "compute_mean_std",
     "digits_split_indices",
+    "download_dataset",
     "get_spec",
     "known_datasets",
 ]

@@ -35,7 +35,9 @@ Class indices of folder datasets are the positions of the wnids in sorted order 
 
 Integrity: the official archives have published md5 sums (torchvision checks them on every load).
 Here they are checked only with ``verify_integrity=True``, so that test fixtures and re-packed copies
-in the same format load; ``download=True`` delegates to torchvision, which verifies the archive.
+in the same format load. :func:`download_dataset` (also what ``download=True`` runs) checks only
+that the expected files are present and downloads the archive through torchvision, which verifies
+the archive's md5, only when one is missing.
 Without it, a CIFAR pickle that cannot be read (truncated, corrupt, or without the expected keys)
 and an STL-10 ``.bin`` whose size is not a whole number of images are still a ValueError naming
 the file. Folder datasets must be complete: every class of the class list (``IMAGENET100_CLASSES``,
@@ -74,6 +76,7 @@ __all__ = [
     "TensorImageDataset",
     "FileImageDataset",
     "build_dataset",
+    "download_dataset",
     "get_spec",
     "known_datasets",
     "compute_mean_std",
@@ -298,32 +301,52 @@ class FileImageDataset(Dataset):
 # ----------------------------------------------------------------------------- CIFAR
 
 
+def _tv_class(name: str) -> Any:
+    """torchvision's dataset class of downloadable ``name``: the source of the archive's url,
+    filename and md5 and of the official files' md5s (imported late: torchvision is slow to import).
+    """
+    import torchvision
+
+    return {
+        "cifar10": torchvision.datasets.CIFAR10,
+        "cifar100": torchvision.datasets.CIFAR100,
+        "stl10": torchvision.datasets.STL10,
+    }[name]
+
+
+_DOWNLOADABLE = ("cifar10", "cifar100", "stl10")
+
+
 @dataclass(frozen=True)
 class _CifarFormat:
+    name: str
     folder: str
     split_files: dict[str, tuple[str, ...]]
     meta_file: str
     meta_key: str
     label_key: str
-    url: str
+
+    @property
+    def url(self) -> str:
+        return _tv_class(self.name).url
 
 
 _CIFAR = {
     "cifar10": _CifarFormat(
+        "cifar10",
         "cifar-10-batches-py",
         {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
         "batches.meta",
         "label_names",
         "labels",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
     "cifar100": _CifarFormat(
+        "cifar100",
         "cifar-100-python",
         {"train": ("train",), "test": ("test",)},
         "meta",
         "fine_label_names",
         "fine_labels",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
 }
 
@@ -351,32 +374,58 @@ def _verify_md5(name: str, files: Sequence[Path], md5s: dict[str, str]) -> None:
             )
 
 
-def _load_cifar(
-    name: str, root: Path, split: str, download: bool, transform: Callable | None, verify: bool
-) -> ArrayImageDataset:
-    import torchvision
+def _expected_files(name: str, root: Path, split: str) -> list[Path]:
+    """The files under ``root`` that the loader of downloadable ``name``'s ``split`` reads.
 
-    fmt = _CIFAR[name]
-    tv_cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    if download:
-        tv_cls(str(root), train=(split == "train"), download=True)
-    folder = root / fmt.folder
-    files = [folder / f for f in fmt.split_files[split]] + [folder / fmt.meta_file]
-    missing = [p for p in files if not p.is_file()]
-    if missing:
+    CIFAR: the split's pickles, then the meta file (last). STL-10: ``X`` then ``y`` file of each
+    part (``unlabeled`` has no ``y``); the optional ``class_names.txt`` is not among them.
+    """
+    if name in _CIFAR:
+        fmt = _CIFAR[name]
+        folder = root / fmt.folder
+        return [folder / f for f in fmt.split_files[split]] + [folder / fmt.meta_file]
+    folder = root / _STL_FOLDER
+    return [folder / f for p in _stl_parts(split) for f in _STL_FILES[p] if f is not None]
+
+
+def _missing_error(name: str, root: Path, split: str, missing: Path) -> DatasetNotFoundError:
+    """The error for file ``missing`` of :func:`_expected_files`, with the layout and the archive."""
+    if name in _CIFAR:
+        fmt = _CIFAR[name]
         all_files = [*fmt.split_files["train"], *fmt.split_files["test"], fmt.meta_file]
         listed = (
             "data_batch_1..5, test_batch, batches.meta"
             if name == "cifar10"
             else ", ".join(all_files)
         )
-        raise DatasetNotFoundError(
-            f"{name} {split}: missing {_shown(missing[0])}; expected "
-            f"ROOT/{fmt.folder}/{{{listed}}} with ROOT={_shown(root)}",
-            fmt.url,
+        layout = f"ROOT/{fmt.folder}/{{{listed}}}"
+    else:
+        layout = (
+            f"ROOT/{_STL_FOLDER}/{{train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
+            "unlabeled_X.bin}"
         )
+    return DatasetNotFoundError(
+        f"{name} {split}: missing {_shown(missing)}; expected {layout} with ROOT={_shown(root)}",
+        _tv_class(name).url,
+    )
+
+
+def _present_files(name: str, root: Path, split: str, verify: bool) -> list[Path]:
+    """:func:`_expected_files`, after checking they exist (and their md5 with ``verify``)."""
+    files = _expected_files(name, root, split)
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise _missing_error(name, root, split, missing[0])
     if verify:
-        _verify_md5(name, files, _tv_md5s(tv_cls))
+        _verify_md5(name, files, _tv_md5s(_tv_class(name)))
+    return files
+
+
+def _load_cifar(
+    name: str, root: Path, split: str, transform: Callable | None, verify: bool
+) -> ArrayImageDataset:
+    fmt = _CIFAR[name]
+    files = _present_files(name, root, split, verify)
     chunks, targets = [], []
     for path in files[:-1]:
         entry = _read_cifar_pickle(name, split, path, ("data", fmt.label_key))
@@ -445,28 +494,19 @@ def _read_stl_images(path: Path, split: str, url: str) -> np.ndarray:
     return np.ascontiguousarray(raw.reshape(-1, 3, _STL_SIDE, _STL_SIDE).transpose(0, 3, 2, 1))
 
 
+def _stl_parts(split: str) -> list[str]:
+    return ["train", "unlabeled"] if split == "train+unlabeled" else [split]
+
+
 def _load_stl10(
-    root: Path, split: str, download: bool, transform: Callable | None, verify: bool
+    root: Path, split: str, transform: Callable | None, verify: bool
 ) -> ArrayImageDataset:
     import torchvision
 
-    if download:
-        torchvision.datasets.STL10(str(root), split=split, download=True)
+    _present_files("stl10", root, split, verify)
     folder = root / _STL_FOLDER
-    parts = ["train", "unlabeled"] if split == "train+unlabeled" else [split]
-    needed = [folder / f for p in parts for f in _STL_FILES[p] if f is not None]
-    missing = [p for p in needed if not p.is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"stl10 {split}: missing {_shown(missing[0])}; expected ROOT/{_STL_FOLDER}/{{"
-            f"train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} with "
-            f"ROOT={_shown(root)}",
-            torchvision.datasets.STL10.url,
-        )
-    if verify:
-        _verify_md5("stl10", needed, _tv_md5s(torchvision.datasets.STL10))
     datas, targets = [], []
-    for part in parts:
+    for part in _stl_parts(split):
         x_file, y_file = _STL_FILES[part]
         images = _read_stl_images(folder / x_file, split, torchvision.datasets.STL10.url)
         if y_file is None:
@@ -679,7 +719,87 @@ def _load_digits(split: str, transform: Callable | None) -> TensorImageDataset:
     return TensorImageDataset(data, targets[idx], [str(d) for d in range(10)], transform)
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
+
+
+def _check_split(spec: DatasetSpec, split: str) -> None:
+    if split not in spec.splits:
+        raise ValueError(
+            f"{spec.name}: unknown split {split!r}; known splits: {', '.join(spec.splits)}"
+        )
+
+
+def _root_path(name: str, root: str | os.PathLike | None) -> Path:
+    if root is None:
+        raise ValueError(
+            f"{name}: root is None; pass the data directory (--set data.root=PATH); only 'digits' "
+            "needs none"
+        )
+    return Path(root).expanduser()
+
+
+def download_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    *,
+    splits: Sequence[str] | None = None,
+) -> Path | None:
+    """Make sure the files of ``splits`` of dataset ``name`` (default: all its splits) are under
+    ``root``, downloading them only if one is missing; returns ``root`` as a ``Path``.
+
+    Checks presence only: the files that :func:`build_dataset` reads for those splits (see the
+    module docstring) must exist. When they all do, nothing is downloaded, hashed or read, so a
+    large split (STL-10 ``unlabeled``) is not loaded here and can be loaded later by
+    ``build_dataset(download=False)``. When one is missing, the dataset's single archive (all splits)
+    is fetched and extracted into ``root`` by torchvision's ``download_and_extract_archive`` with
+    the url, filename and md5 of torchvision's dataset class: torchvision verifies the archive's
+    md5 (and skips the network if the archive is already in ``root`` with that md5). A present
+    but damaged file is not detected here: ``build_dataset`` reports an unreadable file, and
+    ``build_dataset(verify_integrity=True)`` checks the files' md5 against the official ones.
+
+    ``digits`` is bundled: a no-op that ignores ``root`` (may be None; returned as given).
+    ``tiny_imagenet`` and ``imagenet100`` are not downloadable (ValueError: prepare by hand); an
+    unknown name or split is a ValueError as in :func:`build_dataset`; a ``str`` ``splits`` is one
+    split. FileNotFoundError if the extracted archive still lacks an expected file.
+    """
+    spec = get_spec(name)
+    wanted = (
+        spec.splits if splits is None else (splits,) if isinstance(splits, str) else tuple(splits)
+    )
+    for split in wanted:
+        _check_split(spec, split)
+    if name == "digits":
+        return None if root is None else Path(root).expanduser()
+    root = _root_path(name, root)
+    if name not in _DOWNLOADABLE:
+        raise ValueError(
+            f"{name}: download=True is not supported; prepare ROOT={_shown(root)} by hand (see "
+            "mitools.data.datasets docstring)"
+        )
+
+    def first_missing() -> tuple[str, Path] | None:
+        for split in wanted:
+            for path in _expected_files(name, root, split):
+                if not path.is_file():
+                    return split, path
+        return None
+
+    if first_missing() is None:
+        return root
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    tv_cls = _tv_class(name)
+    download_and_extract_archive(
+        tv_cls.url, str(root), filename=tv_cls.filename, md5=tv_cls.tgz_md5
+    )
+    still = first_missing()
+    if still is not None:
+        split, path = still
+        raise FileNotFoundError(
+            f"{name} {split}: {_shown(path)} is missing after extracting {tv_cls.url} into "
+            f"ROOT={_shown(root)}; the archive does not have the expected layout"
+        )
+    return root
 
 
 def build_dataset(
@@ -694,33 +814,26 @@ def build_dataset(
 ) -> Dataset:
     """Build split ``split`` of dataset ``name`` stored under ``root`` (see module docstring).
 
-    ``download=True`` fetches CIFAR-10/100 and STL-10 through torchvision (Tiny-ImageNet and
-    ImageNet-100 must be prepared by hand; ``digits`` is bundled and ignores ``root``).
+    ``download=True`` first runs :func:`download_dataset` for ``split`` (CIFAR-10/100 and STL-10
+    are fetched through torchvision if a file is missing; Tiny-ImageNet and ImageNet-100 must be
+    prepared by hand; ``digits`` is bundled and ignores ``root``), then loads as without it, so
+    the split is read once.
     ``verify_integrity=True`` checks the md5 sums of the official files. ``class_list`` overrides
     :data:`IMAGENET100_CLASSES` (imagenet100 only). ``transform`` is applied to the image.
     """
     spec = get_spec(name)
-    if split not in spec.splits:
-        raise ValueError(f"{name}: unknown split {split!r}; known splits: {', '.join(spec.splits)}")
+    _check_split(spec, split)
     if class_list is not None and name != "imagenet100":
         raise ValueError(f"class_list applies to imagenet100 only, not {name!r}")
     if name == "digits":
         return _load_digits(split, transform)
-    if root is None:
-        raise ValueError(
-            f"{name}: root is None; pass the data directory (--set data.root=PATH); only 'digits' "
-            "needs none"
-        )
-    root = Path(root).expanduser()
-    if download and name in ("tiny_imagenet", "imagenet100"):
-        raise ValueError(
-            f"{name}: download=True is not supported; prepare ROOT={_shown(root)} by hand (see "
-            "mitools.data.datasets docstring)"
-        )
+    root = _root_path(name, root)
+    if download:
+        download_dataset(name, root, splits=(split,))
     if name in _CIFAR:
-        return _load_cifar(name, root, split, download, transform, verify_integrity)
+        return _load_cifar(name, root, split, transform, verify_integrity)
     if name == "stl10":
-        return _load_stl10(root, split, download, transform, verify_integrity)
+        return _load_stl10(root, split, transform, verify_integrity)
     if name == "tiny_imagenet":
         return _load_tiny_imagenet(root, split, transform)
     return _load_imagenet100(root, split, transform, class_list)
