@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_session.sh throughput   # MIO and EMI pipeline/ceiling ratio, 3 repeats, peak memory
 #   bash benchmarks/gpu_session.sh compile      # EMI with train.compile_loss=true (unmeasured on a GPU so far)
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests (augmentation, graph replay, KSG, LARS, backends)
-#   bash benchmarks/gpu_session.sh ops          # operator and sync counts per step part (device-independent)
+#   bash benchmarks/gpu_session.sh ops          # operator and sync counts per step part; hybrid augmentation cost
 #   bash benchmarks/gpu_session.sh hessian      # Hessian top-1/trace/density vs PyHessian, ResNet-18 (CIFAR stem)
 #
 # Tables go to $OUT/bench (the device tool brings $OUT back; default results/bench). The device
@@ -41,6 +41,8 @@ case "${1:-}" in
         ;;
     ops)
         python -m benchmarks.step_ops --case cifar10_emi --case cifar10_mio --out "$out"
+        # ImageNet-100's hybrid augmentation: worker cost per image and the GPU's colour half
+        python -m benchmarks.bench_worker_augment --device cuda --batch 256
         ;;
     hessian)
         # the device image has no pyhessian and no internet: bring its wheel along, made on the

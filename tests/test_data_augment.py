@@ -710,3 +710,130 @@ def test_cuda_forward_is_sync_free_capturable_and_matches_reference():
     first = static[0].clone()
     graph.replay()  # fresh random parameters on every replay
     assert not torch.equal(first, static[0])
+
+
+# ----------------------------------------------------------------------------- hybrid path
+#
+# Workers crop (TwoViewTransform(photometric=False)), the device colours (BatchAugment.photometric).
+
+HYBRID_PRESET = AugmentPreset(
+    "hybrid_full", 3, FULL, dataclasses.replace(FULL, blur_p=0.2, solarize_p=0.6, jitter_p=0.9),
+    mean=(0.45, 0.5, 0.55), std=(0.2, 0.25, 0.3),
+)  # fmt: skip
+
+
+def _pil_images(n: int, hw: tuple[int, int] = IN_HW) -> list[Image.Image]:
+    imgs = [(_smooth_image(*hw, seed=s) * 255).round().to(torch.uint8) for s in range(n)]
+    return [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in imgs]
+
+
+@pytest.mark.parametrize("view", [1, 2])
+def test_hybrid_same_parameters_same_image_as_cpu_path(view):
+    """Per image and seed, the worker half draws the CPU path's crop, rotation and flip (its first
+    draws) and returns its uint8 crop; the device half with the CPU path's recorded colour
+    parameters then gives the CPU path's view to float precision (both crop in uint8)."""
+    n, size = 40, FULL.size
+    full = TwoViewTransform(HYBRID_PRESET, record=True)
+    geo = TwoViewTransform(HYBRID_PRESET, record=True, photometric=False)
+    full_views, crops = [], []
+    for seed, img in enumerate(_pil_images(n)):
+        torch.manual_seed(seed)
+        full_views.append((full.view1 if view == 1 else full.view2)(img))
+        torch.manual_seed(seed)
+        crops.append((geo.view1 if view == 1 else geo.view2)(img))
+    assert all(c.dtype == torch.uint8 and c.shape == (3, size, size) for c in crops)
+    assert all(type(c) is torch.Tensor for c in crops)
+    rec, rec_geo = full.recorded(view), geo.recorded(view)
+    for name in ("crop", "flip", "angle"):
+        assert torch.equal(getattr(rec, name), getattr(rec_geo, name)), name
+    assert not rec_geo.jitter.any() and not rec_geo.blur.any()  # the worker drew no colours
+    for name in ("flip", "jitter", "grayscale", "blur", "solarize"):
+        flags = getattr(rec, name)
+        assert flags.any() and not flags.all(), name  # both branches exercised
+    params = dataclasses.replace(rec, in_hw=(size, size))
+    aug = BatchAugment(HYBRID_PRESET)
+    out = aug.apply(torch.stack(crops), params, view, geometric=False)
+    torch.testing.assert_close(out, torch.stack(full_views), atol=1e-4, rtol=0)
+    # power: another image's colour parameters give a visibly different view
+    shifted = ViewParams.from_rows(
+        [{"in_hw": (size, size), **_row_dict(params, (i + 1) % n)} for i in range(n)]
+    )
+    other = aug.apply(torch.stack(crops), shifted, view, geometric=False)
+    assert (other - torch.stack(full_views)).abs().max() > 0.1
+
+
+def _row_dict(params: ViewParams, i: int) -> dict:
+    return {
+        f.name: getattr(params, f.name)[i].tolist()
+        for f in dataclasses.fields(params)
+        if f.name != "in_hw"
+    }
+
+
+def _view_statistics(views: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-view summaries sensitive to each step: brightness, contrast, colour balance, the
+    high-frequency energy (blur), the left-right asymmetry (flip) and the pixel range."""
+    v = views.double()
+    return {
+        "mean": v.mean((1, 2, 3)).numpy(),
+        "std": v.std((1, 2, 3)).numpy(),
+        "red_minus_blue": (v[:, 0] - v[:, 2]).mean((1, 2)).numpy(),
+        "high_freq": (v[..., 1:] - v[..., :-1]).abs().mean((1, 2, 3)).numpy(),
+        "left_minus_right": (v[..., : v.shape[-1] // 2] - v[..., v.shape[-1] // 2 :])
+        .mean((1, 2, 3))
+        .numpy(),
+        "max": v.amax((1, 2, 3)).numpy(),
+    }
+
+
+def _hybrid_views(preset: AugmentPreset, img: Image.Image, n: int, seed: int) -> torch.Tensor:
+    geo = TwoViewTransform(preset, photometric=False)
+    torch.manual_seed(seed)
+    pairs = [geo(img) for _ in range(n)]
+    v1, v2 = BatchAugment(preset).photometric(
+        torch.stack([a for a, _ in pairs]),
+        torch.stack([b for _, b in pairs]),
+        torch.Generator().manual_seed(seed + 1),
+    )
+    return torch.cat((v1, v2))
+
+
+def test_hybrid_output_distribution_matches_cpu_path():
+    """End to end, the two views' pixel statistics have the same distribution on both paths
+    (two-sample KS at fixed seeds), and the same test rejects a weaker colour jitter."""
+    img, n = _pil_images(1)[0], 600
+    cpu_path = TwoViewTransform(HYBRID_PRESET)
+    torch.manual_seed(0)
+    cpu_pairs = [cpu_path(img) for _ in range(n)]
+    cpu = torch.cat(
+        (torch.stack([a for a, _ in cpu_pairs]), torch.stack([b for _, b in cpu_pairs]))
+    )
+    hybrid = _hybrid_views(HYBRID_PRESET, img, n, seed=1)
+    stats_cpu, stats_hybrid = _view_statistics(cpu), _view_statistics(hybrid)
+    for name in stats_cpu:
+        p = stats.ks_2samp(stats_cpu[name], stats_hybrid[name]).pvalue
+        assert p > P_MIN, (name, p)
+    weak = AugmentPreset(
+        "weak", 3, dataclasses.replace(HYBRID_PRESET.view1, brightness=0.1),
+        dataclasses.replace(HYBRID_PRESET.view2, brightness=0.1), HYBRID_PRESET.mean,
+        HYBRID_PRESET.std,
+    )  # fmt: skip
+    other = _view_statistics(_hybrid_views(weak, img, n, seed=2))
+    assert stats.ks_2samp(stats_cpu["mean"], other["mean"]).pvalue < 1e-6
+
+
+def test_hybrid_device_half_checks_and_is_sync_free():
+    aug = BatchAugment(HYBRID_PRESET)
+    crops = torch.randint(0, 256, (6, 3, FULL.size, FULL.size), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="already cropped to 12x12"):
+        aug.photometric(crops, torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        aug.photometric(crops, crops[:, :1])
+    v1, v2 = aug.photometric(crops, crops, torch.Generator().manual_seed(0))
+    assert v1.shape == v2.shape == (6, 3, 12, 12) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2)  # independent draws per view
+    counts = _count_ops(lambda: aug.photometric(crops, crops, torch.Generator().manual_seed(0)))
+    assert not _SYNC_OPS & set(counts), {k: counts[k] for k in _SYNC_OPS & set(counts)}
+    meta = BatchAugment(HYBRID_PRESET).to("meta")
+    m = torch.empty(4, 3, 12, 12, dtype=torch.uint8, device="meta")
+    assert meta.photometric(m, m)[0].shape == (4, 3, 12, 12)

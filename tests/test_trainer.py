@@ -533,6 +533,31 @@ def test_cuda_graph_augment_replays_the_eager_augmentation():
     assert (again[0] - replay[0]).abs().max() > 0.1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_the_hybrid_device_half():
+    """``data.augment=hybrid`` on CUDA: the photometric stage of two batches of crops, captured
+    as one graph, replays the eager stage at the same seed, with fresh draws per replay."""
+    from mitools.data.augment import BatchAugment, CudaGraphAugment, preset_for
+
+    aug = BatchAugment(preset_for("imagenet100", asymmetric=True)).cuda()
+    graphed = CudaGraphAugment(aug.photometric)
+    c1, c2 = (
+        torch.randint(0, 256, (16, 3, 224, 224), dtype=torch.uint8, device="cuda") for _ in "12"
+    )
+    graphed(c1, c2)  # capture
+    torch.cuda.manual_seed(7)
+    eager = aug.photometric(c1, c2)
+    torch.cuda.manual_seed(7)
+    replay = graphed(c1, c2)
+    for e, r in zip(eager, replay, strict=True):
+        torch.testing.assert_close(r, e, rtol=0, atol=1e-5)
+    again = graphed(c1, c2)
+    assert (again[0] - replay[0]).abs().max() > 0.1
+    # the other view's input is read too: new crops give new views
+    new = graphed(c1, torch.zeros_like(c2))
+    assert new[1].std() < replay[1].std()
+
+
 def test_device_terms_stack_mixed_dtypes_exactly():
     from trainers.pretrain import _device_terms
 

@@ -91,6 +91,13 @@ CASES = {
         "imagenet100_byol", "imagenet100", 4,
         ["data.augment=workers", "data.num_workers=0", "model.predictor_dims=[32,16]"],
     ),
+    # the shipped ImageNet-100 mode: workers crop, the device colours
+    "imagenet100_emi-hybrid2": (
+        "imagenet100_emi", "imagenet100", 4, ["data.num_workers=2"],
+    ),
+    "imagenet100_mio-hybrid0": (
+        "imagenet100_mio", "imagenet100", 4, ["data.num_workers=0"],
+    ),
 }  # fmt: skip
 CLI_CASE = "cifar10_emi-batch-on_device"
 EVAL_CASE = "tiny_imagenet_simclr-batch"
@@ -139,13 +146,18 @@ def trained(tmp_path_factory, dataset_root):
         overrides = [*TINY, f"data.batch_size={batch}", f"data.root={dataset_root(data)}",
                      f"train.run_dir={run_dir}", *extra]  # fmt: skip
         cfg = load_config(CONFIGS / f"{config}.yaml", overrides)
-        seen: dict[str, list] = {"batch_aug": [], "two_view": 0, "on_device": []}
+        seen: dict[str, list] = {"batch_aug": [], "photometric": [], "two_view": 0, "on_device": []}
         batch_forward, two_view_call = BatchAugment.forward, TwoViewTransform.__call__
+        photometric = BatchAugment.photometric
         materialise = pretrain.materialise_on_device
 
         def spy_batch(self, x, *args, **kwargs):
             seen["batch_aug"].append((x.dtype, tuple(x.shape)))
             return batch_forward(self, x, *args, **kwargs)
+
+        def spy_photometric(self, x1, x2, *args, **kwargs):
+            seen["photometric"].append((x1.dtype, tuple(x1.shape), x2.dtype, tuple(x2.shape)))
+            return photometric(self, x1, x2, *args, **kwargs)
 
         def spy_two_view(self, img):
             seen["two_view"] += 1  # counted in this process only (not in worker processes)
@@ -159,6 +171,7 @@ def trained(tmp_path_factory, dataset_root):
         cli = None
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(BatchAugment, "forward", spy_batch)
+            mp.setattr(BatchAugment, "photometric", spy_photometric)
             mp.setattr(TwoViewTransform, "__call__", spy_two_view)
             mp.setattr(pretrain, "materialise_on_device", spy_materialise)
             if case == CLI_CASE:
@@ -190,15 +203,20 @@ def test_shipped_config_trains_on_its_dataset_format(trained, case):
     assert cfg.data.name == data and cfg.model.arch == "small_cnn"
 
     # --- the augmentation path that ran
+    size = get_spec(data).image_size
     if cfg.data.augment == "batch":
-        assert seen["two_view"] == 0
+        assert seen["two_view"] == 0 and seen["photometric"] == []
         assert len(seen["batch_aug"]) == STEPS
-        size = get_spec(data).image_size
         assert all(s == (torch.uint8, (batch, 3, size, size)) for s in seen["batch_aug"])
     else:
         assert seen["batch_aug"] == []
         if cfg.data.num_workers == 0:  # per image, only the batches trained on
             assert seen["two_view"] == STEPS * batch
+    if cfg.data.augment == "hybrid":  # uint8 crops from the workers, coloured in the loop
+        crop = (torch.uint8, (batch, 3, size, size))
+        assert seen["photometric"] == [crop + crop] * STEPS
+    else:
+        assert seen["photometric"] == []
     if cfg.data.on_device:
         n_pretrain, size = {"cifar10": 20, "stl10": 7}[data], get_spec(data).image_size
         assert seen["on_device"] == [(torch.uint8, (n_pretrain, 3, size, size))]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -326,28 +327,56 @@ def test_taylor_options_with_the_exact_log_det_are_named():
     assert pretrain.build_loss_from_config(taylor).order == 8
 
 
-def test_programmatic_train_downloads_and_names_a_missing_dataset(tmp_path, monkeypatch):
-    """train() (no CLI preflight) honours data.download (rank 0 of a single process downloads
-    every split before building the data) and reports a missing dataset in one line."""
+def _spy_dataset_calls(monkeypatch) -> list[tuple]:
+    """Record ("download", splits) and ("build", split, download) calls, in order."""
     import mitools.data.datasets as datasets
 
-    calls = []
-    real = datasets.build_dataset
+    calls: list[tuple] = []
+    build, download = datasets.build_dataset, datasets.download_dataset
 
-    def spy(name, root, split, **kwargs):
-        calls.append((split, kwargs.get("download", False)))
-        return real(name, root, split, **kwargs)
+    def spy_build(name, root, split, **kwargs):
+        calls.append(("build", split, kwargs.get("download", False)))
+        return build(name, root, split, **kwargs)
 
-    monkeypatch.setattr(datasets, "build_dataset", spy)
+    def spy_download(name, root, *, splits=None):
+        calls.append(("download", tuple(splits)))
+        return download(name, root, splits=splits)
+
+    monkeypatch.setattr(datasets, "build_dataset", spy_build)
+    monkeypatch.setattr(datasets, "download_dataset", spy_download)
+    return calls
+
+
+def test_cli_downloads_without_loading_twice(tmp_path, monkeypatch, capsys):
+    """Through the CLI the preflight downloads, then train's own download finds the files:
+    both are download-only calls, and every split is built twice at most (preflight's check,
+    training), never with torchvision's download-and-load. It used to be built with
+    download=True in both, each reading the split twice more."""
+    calls = _spy_dataset_calls(monkeypatch)
+    run = tmp_path / "run"
+    argv = _cli_args(run, ["data.download=true"])
+    assert pretrain.main(argv) == 0, capsys.readouterr().err
+    downloads = [c for c in calls if c[0] == "download"]
+    assert downloads == [("download", ("train", "val"))] * 2, calls
+    assert calls[0][0] == "download"
+    builds = [c for c in calls if c[0] == "build"]
+    assert all(download is False for _, _, download in builds), builds
+    assert max(Counter(split for _, split, _ in builds).values()) <= 2, builds
+
+
+def test_programmatic_train_downloads_and_names_a_missing_dataset(tmp_path, monkeypatch):
+    """train() (no CLI preflight) honours data.download (rank 0 of a single process downloads
+    every split before building the data, without loading them: the builds that follow never
+    download) and reports a missing dataset in one line."""
+    calls = _spy_dataset_calls(monkeypatch)
     cfg = load_config(
         CONFIGS / "digits_emi.yaml",
         [*SMALL, "data.download=true", f"train.run_dir={tmp_path / 'a'}"],
     )
     train(cfg)
-    downloads = [split for split, download in calls if download]
-    assert downloads == ["train", "val"], calls  # digits' splits, each once
-    first_plain = next(i for i, (_, download) in enumerate(calls) if not download)
-    assert all(download for _, download in calls[:first_plain]), "downloads come first"
+    assert calls[0] == ("download", ("train", "val")), calls  # digits' splits, once, first
+    assert [c for c in calls if c[0] == "download"] == [calls[0]]
+    assert all(c[2] is False for c in calls[1:]), calls  # builds load, they do not download
     missing = load_config(
         CONFIGS / "cifar10_emi.yaml",
         [*SMALL, "model.arch=small_cnn", f"data.root={tmp_path / 'nowhere'}", f"train.run_dir={tmp_path / 'b'}"],

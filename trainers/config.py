@@ -92,13 +92,16 @@ class DataConfig:
 
     ``augment``: "batch" applies ``mitools.data.augment.BatchAugment`` to whole batches on the
     training device (per-sample random parameters; no worker processes), "workers" applies
-    ``TwoViewTransform`` in DataLoader workers (CPU). ``preset`` defaults to the dataset's preset.
+    ``TwoViewTransform`` in DataLoader workers (CPU), "hybrid" splits them: workers decode, crop
+    and flip each view (uint8), the device applies colour jitter, grayscale, blur, solarisation
+    and normalisation to the batch (``BatchAugment.photometric``; for large images, where the
+    workers' blur and colour work limit throughput). ``preset`` defaults to the dataset's preset.
     ``batch_size`` is the GLOBAL batch (split evenly over DDP ranks).
     ``on_device`` (``augment: batch`` only): keep the whole unaugmented pre-training split as one
     tensor on the training device and index batches there (no DataLoader, no host-to-device copy
     per step); None = automatic: on CUDA when it needs at most ``on_device_max_gib`` (CIFAR,
     STL-10, Tiny-ImageNet, digits; not ImageNet-100).
-    ``augment_graph`` (CUDA, ``augment: batch``): replay the augmentation as a captured CUDA graph
+    ``augment_graph`` (CUDA, ``augment: batch`` or ``hybrid``): replay the augmentation as a captured CUDA graph
     (one launch instead of hundreds of small kernels; None = automatic: on CUDA).
     ``asymmetric``: BYOL's asymmetric views (view 1 always blurred, view 2 rarely blurred and
     sometimes solarised); None = automatic: on for ``loss.name: byol`` only.

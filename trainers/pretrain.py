@@ -19,7 +19,9 @@ of epoch e is a permutation seeded by ``(seed, e)`` (sharded over ranks like Dis
 augmentation draws from the global RNG, whose state the checkpoint stores.
 
 On CUDA the two views come from a dataset resident on the GPU (``data.on_device``), augmented by
-a CUDA-graph replay of :class:`~mitools.data.augment.BatchAugment` (``data.augment_graph``), and
+a CUDA-graph replay of :class:`~mitools.data.augment.BatchAugment` (``data.augment_graph``);
+ImageNet-100 (``data.augment: hybrid``) is decoded, cropped and flipped in DataLoader workers and
+coloured, blurred and normalised by a graph replay of ``BatchAugment.photometric``; and
 the loss is read back to the host every ``train.check_every_steps`` steps (50; every step on CPU),
 so the host can queue work ahead of the GPU.
 
@@ -365,9 +367,11 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
     except ValueError as exc:
         raise ConfigError(f"data.name: {exc}") from exc
     checks = [
-        (cfg.data.augment in ("batch", "workers"), "data.augment must be 'batch' or 'workers'"),
+        (cfg.data.augment in ("batch", "hybrid", "workers"),
+         f"data.augment must be 'batch', 'hybrid' or 'workers', got {cfg.data.augment!r}"),
         (not (cfg.data.on_device and cfg.data.augment != "batch"),
-         "data.on_device=true needs data.augment=batch (workers augment on the CPU)"),
+         "data.on_device=true needs data.augment=batch (with workers or hybrid, workers read "
+         "the images)"),
         (cfg.train.check_every_steps >= 0, "train.check_every_steps must be >= 0"),
         (not (cfg.data.augment_graph and (cfg.train.device == "cpu" or not torch.cuda.is_available())),
          "data.augment_graph=true needs CUDA (a captured CUDA graph); use null or false on CPU"),
@@ -405,8 +409,9 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
             "set it to false for CPU/gloo runs"
         )
     _check_tensorboard(cfg)
+    _download_on_every_node(cfg, _Dist())  # this process only: rank 0 (main checks RANK)
     for split in {spec.pretrain_split, spec.train_split, spec.eval_split}:
-        ds = _dataset(cfg, split, _Dist(), download=cfg.data.download)
+        ds = _dataset(cfg, split, _Dist())
         if split == spec.pretrain_split and len(ds) // world < cfg.data.batch_size // world:
             raise ConfigError(
                 f"data.batch_size={cfg.data.batch_size} is larger than the {cfg.data.name} "
@@ -664,26 +669,36 @@ class _Dist:
         return self.rank == 0
 
 
-def _dataset(cfg: Config, split: str, ddp: _Dist, **kwargs: Any):
-    """``build_dataset`` for this rank; a missing or broken dataset is a one-line ConfigError
-    naming the rank (under DDP a node may lack data that rank 0's preflight found)."""
-    from mitools.data.datasets import build_dataset
-
+@contextlib.contextmanager
+def _dataset_errors(cfg: Config, ddp: _Dist) -> Iterator[None]:
+    """A missing or broken dataset is a one-line ConfigError naming the rank (under DDP a node
+    may lack data that rank 0's preflight found)."""
     try:
-        return build_dataset(cfg.data.name, cfg.data.root, split, **kwargs)
+        yield
     except (FileNotFoundError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = f" on rank {ddp.rank} (local rank {ddp.local_rank})" if ddp.world > 1 else ""
         raise ConfigError(f"dataset {cfg.data.name!r} not usable{where}: {msg}") from exc
 
 
+def _dataset(cfg: Config, split: str, ddp: _Dist, **kwargs: Any):
+    """``build_dataset`` for this rank, errors as :func:`_dataset_errors`."""
+    from mitools.data.datasets import build_dataset
+
+    with _dataset_errors(cfg, ddp):
+        return build_dataset(cfg.data.name, cfg.data.root, split, **kwargs)
+
+
 def _download_on_every_node(cfg: Config, ddp: _Dist) -> None:
     """``data.download``: rank 0 downloads first, then local rank 0 of every other node (which
     finds the files on a shared file system, or downloads its own node-local copy); the other
-    ranks wait. One writer at a time, so nodes never write the same shared files at once."""
+    ranks wait. One writer at a time, so nodes never write the same shared files at once.
+    Downloading only (``download_dataset``): files already there are not read, so with the
+    CLI's preflight download before this one, the splits are read only where they are loaded
+    (preflight's checks and training), not by either download."""
     if not cfg.data.download:
         return
-    from mitools.data.datasets import get_spec
+    from mitools.data.datasets import download_dataset, get_spec
 
     spec = get_spec(cfg.data.name)
     splits = sorted({spec.pretrain_split, spec.train_split, spec.eval_split})
@@ -691,8 +706,8 @@ def _download_on_every_node(cfg: Config, ddp: _Dist) -> None:
         if (turn == "rank 0" and ddp.rank == 0) or (
             turn == "other nodes" and ddp.rank != 0 and ddp.local_rank == 0
         ):
-            for split in splits:
-                _dataset(cfg, split, ddp, download=True)
+            with _dataset_errors(cfg, ddp):
+                download_dataset(cfg.data.name, cfg.data.root, splits=splits)
         if ddp.world > 1:
             dist.barrier()
 
@@ -1037,8 +1052,13 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     dspec = get_spec(cfg.data.name)
     _download_on_every_node(cfg, ddp)
     preset = build_augment_preset(cfg)
-    batch_aug = BatchAugment(preset).to(device) if cfg.data.augment == "batch" else None
-    pre_tf = loader_transform(cfg.data.name) if batch_aug is not None else TwoViewTransform(preset)
+    mode = cfg.data.augment  # batch: all on the device; hybrid: workers crop, the device colours
+    batch_aug = BatchAugment(preset).to(device) if mode in ("batch", "hybrid") else None
+    pre_tf = {
+        "batch": lambda: loader_transform(cfg.data.name),
+        "hybrid": lambda: TwoViewTransform(preset, photometric=False),
+        "workers": lambda: TwoViewTransform(preset),
+    }[mode]()
     train_set = _dataset(cfg, dspec.pretrain_split, ddp, transform=pre_tf)
     sampler = EpochBatchSampler(len(train_set), local_batch, cfg.train.seed, ddp.rank, ddp.world)
     # Private generator for the loader's worker seeds, re-seeded per (epoch, rank): creating an
@@ -1047,9 +1067,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     on_device = cfg.data.on_device
     if on_device is None:
         on_device = (
-            use_cuda
-            and batch_aug is not None
-            and _dataset_gib(train_set) <= cfg.data.on_device_max_gib
+            use_cuda and mode == "batch" and _dataset_gib(train_set) <= cfg.data.on_device_max_gib
         )
     if on_device:
         images = materialise_on_device(train_set, device, cfg.data.num_workers)
@@ -1060,10 +1078,12 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             pin_memory=cfg.data.pin_memory and use_cuda, persistent_workers=False,
             generator=loader_gen,
         )  # fmt: skip
-    augment = batch_aug
+    augment = (
+        None if batch_aug is None else (batch_aug if mode == "batch" else batch_aug.photometric)
+    )
     graph_aug = cfg.data.augment_graph if cfg.data.augment_graph is not None else use_cuda
-    if batch_aug is not None and graph_aug and use_cuda:
-        augment = CudaGraphAugment(batch_aug)
+    if augment is not None and graph_aug and use_cuda:
+        augment = CudaGraphAugment(augment)
     probe_sets = None
     if cfg.eval.every_epochs > 0 and ddp.main:
         from mitools.data.augment import eval_transform
@@ -1191,10 +1211,12 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             # islice: a capped epoch (max_steps_per_epoch) never loads and augments a batch
             # it does not train on
             for i, (batch, _) in enumerate(itertools.islice(loader, n_steps)):
-                if augment is not None:
+                if mode == "batch":
                     x1, x2 = augment(batch.to(device, non_blocking=True))
                 else:
                     x1, x2 = (v.to(device, non_blocking=True) for v in batch)
+                    if mode == "hybrid":
+                        x1, x2 = augment(x1, x2)
                 if channels_last:
                     x1 = x1.contiguous(memory_format=torch.channels_last)
                     x2 = x2.contiguous(memory_format=torch.channels_last)

@@ -19,7 +19,7 @@ One view is, in this order (every step optional per :class:`ViewConfig`):
 
 Pixel values are floats in [0, 1] from step 4 on (uint8 input is divided by 255).
 
-Two implementations of the same distribution:
+Two implementations of the same distribution, and a hybrid of them:
 
 * :class:`TwoViewTransform` (CPU, per image, torchvision ``transforms.v2``; for DataLoader workers):
   takes what :func:`mitools.data.build_dataset` yields (PIL image or float tensor) and returns two
@@ -30,6 +30,11 @@ Two implementations of the same distribution:
   antialiased-bilinear weight matrices (the same weights as torch's ``_upsample_bilinear2d_aa``,
   which torchvision's resize uses, so float images give torchvision's result to rounding), the blur a
   separable grouped convolution with per-sample kernels.
+* the hybrid path (large images, e.g. ImageNet-100): ``TwoViewTransform(preset,
+  photometric=False)`` in DataLoader workers decodes and applies steps 1-3 per image with
+  torchvision (uint8 crops), and :meth:`BatchAugment.photometric` applies steps 4-9 to the two
+  batches of crops on the device. The CPU path's costly part at 224 px is the blur, which moves
+  to the device; decoding and cropping stay in the workers.
 
 For uint8/PIL input the CPU path crops and resizes in uint8 (torchvision's fast path, rounded to
 integers) before converting to float, the batched path in float: with the same parameters the two
@@ -424,8 +429,15 @@ def view_transform(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     recorder: _Recorder | None = None,
+    *,
+    photometric: bool = True,
 ) -> v2.Compose:
-    """torchvision v2 pipeline of one view: PIL / uint8 / float image -> float tensor (C, S, S)."""
+    """torchvision v2 pipeline of one view: PIL / uint8 / float image -> float tensor (C, S, S).
+
+    ``photometric=False``: the geometric steps only (crop, rotation, flip; steps 1-3), returning
+    the crop in the input's dtype (uint8 (C, S, S) for PIL / uint8 input) for
+    :meth:`BatchAugment.photometric` to finish on the device; ``mean``/``std`` are then unused.
+    """
     c = config
     ops: list[Callable] = [_Start(recorder), v2.ToImage()]
     ops.append(
@@ -438,6 +450,8 @@ def view_transform(
         ops.append(_RecRotation(recorder, c.rotation_deg, InterpolationMode.BILINEAR, fill=None))
     if c.hflip_p > 0:
         ops.append(_RecHFlip(recorder, p=c.hflip_p))
+    if not photometric:
+        return v2.Compose([*ops, v2.ToPureTensor()])
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if channels == 3 and c.jitter_p > 0:
         jitter = _RecColorJitter(recorder, c.brightness, c.contrast, c.saturation, c.hue)
@@ -462,16 +476,29 @@ class TwoViewTransform:
     With ``record=True`` the parameters torchvision draws are kept; :meth:`recorded` returns them
     as :class:`ViewParams` (for tests and diagnostics; not for DataLoader workers, whose copies
     record in their own process).
+
+    ``photometric=False`` is the worker half of the hybrid path: each view is only cropped,
+    rotated and flipped (uint8 (C, S, S) for PIL input), and :meth:`BatchAugment.photometric`
+    applies the rest on the training device. Recorded rows then hold the geometric parameters
+    and identity colour parameters.
     """
 
-    def __init__(self, preset: AugmentPreset, *, record: bool = False) -> None:
+    def __init__(
+        self, preset: AugmentPreset, *, record: bool = False, photometric: bool = True
+    ) -> None:
         self.preset = preset
+        self.photometric = photometric
         self._recorders = (_Recorder(), _Recorder()) if record else (None, None)
-        self.view1 = view_transform(
-            preset.view1, preset.channels, preset.mean, preset.std, self._recorders[0]
-        )
-        self.view2 = view_transform(
-            preset.view2, preset.channels, preset.mean, preset.std, self._recorders[1]
+        self.view1, self.view2 = (
+            view_transform(
+                preset.view(i),
+                preset.channels,
+                preset.mean,
+                preset.std,
+                self._recorders[i - 1],
+                photometric=photometric,
+            )  # fmt: skip
+            for i in (1, 2)
         )
 
     def __call__(self, img: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,7 +511,8 @@ class TwoViewTransform:
         return ViewParams.from_rows(rec.rows)
 
     def __repr__(self) -> str:
-        return f"TwoViewTransform(preset={self.preset.name!r})"
+        stage = "" if self.photometric else ", photometric=False"
+        return f"TwoViewTransform(preset={self.preset.name!r}{stage})"
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -824,11 +852,14 @@ class BatchAugment(nn.Module):
         generator: torch.Generator | None = None,
         *,
         normalize: bool | None = None,
+        geometric: bool = True,
     ) -> torch.Tensor:
         """Apply one view with given parameters; ``generator`` only draws the additive noise.
 
         Steps the view's config switches off (probability 0, ``rotation_deg`` 0, ``noise_std``
         0) are skipped whatever ``params`` say; jitter and grayscale act on 3 channels only.
+        ``geometric=False`` skips crop, rotation and flip (their parameters are ignored): ``x``
+        is then a batch of views already cropped to the view's size (the hybrid path).
         """
         self._check(x)
         c = self.preset.view(view)
@@ -836,15 +867,21 @@ class BatchAugment(nn.Module):
             raise ValueError(
                 f"parameters for {len(params)} images of size {params.in_hw}, got {tuple(x.shape)}"
             )
+        if not geometric and tuple(x.shape[-2:]) != (c.size, c.size):
+            raise ValueError(
+                f"the photometric stage of view {view} takes views already cropped to "
+                f"{c.size}x{c.size}, got {tuple(x.shape)}"
+            )
         x = _to_float(x)
         dev = x.device
         p = params.to(dev)  # a no-op when they were drawn on dev
         color = x.shape[1] == 3
-        x = _resized_crop(x, p.crop, c.size)
-        if c.rotation_deg > 0:
-            x = _rotate(x, p.angle)
-        if c.hflip_p > 0:
-            x = torch.where(_per_sample(p.flip), x.flip(-1), x)
+        if geometric:
+            x = _resized_crop(x, p.crop, c.size)
+            if c.rotation_deg > 0:
+                x = _rotate(x, p.angle)
+            if c.hflip_p > 0:
+                x = torch.where(_per_sample(p.flip), x.flip(-1), x)
         if color and c.jitter_p > 0:
             x = _jitter(x, p.jitter, p.factors, p.order)
         if color and c.grayscale_p > 0:
@@ -875,9 +912,32 @@ class BatchAugment(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.augment_view(x, 1, generator), self.augment_view(x, 2, generator)
 
+    def photometric(
+        self,
+        view1: torch.Tensor,
+        view2: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device half of the hybrid path: steps 4-9 on two batches of views that DataLoader
+        workers already cropped, rotated and flipped (``TwoViewTransform(preset,
+        photometric=False)``, uint8 or float (N, C, S, S)). Graph-safe like :meth:`forward`.
+
+        Same distribution as the CPU path: the crops are torchvision's own, the colour
+        parameters are drawn as in :meth:`sample_params`, and with the same parameters the
+        result equals the CPU path's to float precision (both crop in the input dtype)."""
+        out = []
+        for view, x in ((1, view1), (2, view2)):
+            self._check(x)
+            params = self.sample_params(x.shape[0], tuple(x.shape[-2:]), view, generator, x.device)
+            out.append(self.apply(x, params, view, generator, geometric=False))
+        return out[0], out[1]
+
 
 class CudaGraphAugment:
     """Replays a batch augmentation captured as a CUDA graph, one graph per input shape/dtype.
+
+    ``augment``: a graph-safe callable of one or more image batches returning two views,
+    :class:`BatchAugment` (one batch) or :meth:`BatchAugment.photometric` (two cropped views).
 
     The eager augmentation launches hundreds of small kernels per batch, so it is bound by host
     time; a graph replay is one launch. Random draws come from the default CUDA generator, which
@@ -887,26 +947,28 @@ class CudaGraphAugment:
     Outputs are cloned, so a later replay cannot overwrite tensors the caller still holds.
     """
 
-    def __init__(self, augment: BatchAugment) -> None:
+    def __init__(self, augment: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.augment = augment
         self.graphs: dict[tuple, tuple] = {}
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(x.shape), x.dtype, x.device)
+    def __call__(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple((tuple(x.shape), x.dtype, x.device) for x in xs)
+        device = xs[0].device
         if key not in self.graphs:
-            static_in = x.clone()
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
+            static_in = tuple(x.clone() for x in xs)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self.augment(static_in)
-            torch.cuda.current_stream(x.device).wait_stream(side)
+                    self.augment(*static_in)
+            torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self.augment(static_in)
+                static_out = self.augment(*static_in)
             self.graphs[key] = (graph, static_in, static_out)
         graph, static_in, (v1, v2) = self.graphs[key]
-        static_in.copy_(x)
+        for buffer, x in zip(static_in, xs, strict=True):
+            buffer.copy_(x)
         graph.replay()
         return v1.clone(), v2.clone()
 
