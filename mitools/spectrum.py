@@ -37,8 +37,11 @@ alpha-ReQ (Agrawal et al. 2022)
 Alignment and uniformity (Wang & Isola 2020), on L2-normalised rows u_i, v_i:
     ``alignment = mean_i ||u_i - v_i||_2^alpha`` (positive pairs, alpha = 2),
     ``uniformity = log mean_{i<j} exp(-t ||u_i - u_j||_2^2)`` (t = 2; all distinct pairs, as
-    ``torch.pdist`` in their code). Lower is better for both; uniformity is in [-2t, 0], 0 for
-    complete collapse (-2t only in the limit of antipodal pairs).
+    ``torch.pdist`` in their code). Lower is better for both. For n rows the uniformity lies in
+    ``[-2t n / (n - 1), 0]``: 0 for complete collapse; the lower bound (the mean squared distance
+    is ``2 + 2 (n - |sum_i u_i|^2) / (n (n - 1)) <= 2n / (n - 1)``, then Jensen) is attained
+    exactly by the regular simplex (all distances equal, ``sum_i u_i = 0``; needs n <= d + 1),
+    e.g. -4t for two antipodal rows, -3t for an equilateral triangle; it tends to -2t as n grows.
 
 Streaming (:class:`CovarianceAccumulator`, alias :class:`StreamingSpectrum`)
     Accumulates n, the column sums and the Gram (d x d) of Z, and the per-dimension sums and
@@ -90,7 +93,9 @@ Verdict (:func:`collapse_report`, thresholds in :class:`CollapseThresholds`, all
 
 All functions accept numpy arrays or torch tensors (any device; computed in float64 except the
 Gram products of the streamed report and of :func:`uniformity` in float32 mode, see above), check
-that Z is 2-D, finite and has n >= 2 rows, and return Python floats / numpy arrays.
+that Z is 2-D, finite and has n >= 2 rows, and return Python floats / numpy arrays. The helpers
+that take a spectrum instead (``*_from_singular_values`` / ``*_from_eigenvalues``) check that it
+is finite (and, for singular values, >= 0).
 """
 
 from __future__ import annotations
@@ -151,6 +156,28 @@ def _as_float64(z: ArrayLike, name: str = "z") -> torch.Tensor:
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
     return t
+
+
+def _as_values(values: ArrayLike, name: str, *, nonnegative: bool = False) -> np.ndarray:
+    """Flat float64 copy of a given spectrum (numpy or torch, any device); ValueError on a
+    non-real dtype, NaN / inf, or (``nonnegative``) negative entries, naming ``name``."""
+    if isinstance(values, torch.Tensor):
+        if values.is_complex():
+            raise ValueError(f"{name} must be real, got dtype {values.dtype}")
+        arr = values.detach().to("cpu", torch.float64).numpy().ravel()
+    else:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64).ravel()
+    if not np.all(np.isfinite(arr)):
+        n_bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
+    if nonnegative and np.any(arr < 0):
+        raise ValueError(
+            f"{name} must be >= 0, got {int(np.sum(arr < 0))} negative values (min {arr.min():.3g})"
+        )
+    return arr
 
 
 def _l2_normalize_rows(t: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -240,17 +267,21 @@ def embedding_spectrum(z: ArrayLike, center: bool = True, normalize: bool = Fals
 
 
 def effective_rank_from_singular_values(
-    singular_values: np.ndarray,
+    singular_values: ArrayLike,
     *,
     convention: Literal["rankme", "squared"] = "rankme",
     eps: float = 1e-7,
 ) -> float:
-    """RankMe from given singular values (same definition as :func:`effective_rank`)."""
+    """RankMe from given singular values (same definition as :func:`effective_rank`).
+
+    ValueError if any value is NaN / inf or negative (a singular value is >= 0; squaring under
+    ``"squared"`` would otherwise hide the sign).
+    """
     if convention not in ("rankme", "squared"):
         raise ValueError(f"convention must be 'rankme' or 'squared', got {convention!r}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    s = np.asarray(singular_values, dtype=np.float64)
+    s = _as_values(singular_values, "singular_values", nonnegative=True)
     if convention == "squared":
         s = s * s
     total = float(s.sum())
@@ -321,14 +352,15 @@ class AlphaReqResult:
 
 
 def alpha_req_from_eigenvalues(
-    eigenvalues: np.ndarray, fit_range: tuple[int, int] | None = None
+    eigenvalues: ArrayLike, fit_range: tuple[int, int] | None = None
 ) -> AlphaReqResult:
     """alpha-ReQ fit on given eigenvalues (sorted descending inside).
 
     ``fit_range=(lo, hi)``: 1-based inclusive indices; default (1, number of eigenvalues > 0).
-    Non-positive eigenvalues inside the range are an error (log of 0): shrink the range.
+    Non-positive eigenvalues inside the range are an error (log of 0): shrink the range. NaN /
+    inf eigenvalues anywhere are an error (they would make the sort order meaningless).
     """
-    eig = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())[::-1]
+    eig = np.sort(_as_values(eigenvalues, "eigenvalues"))[::-1]
     n_pos = int(np.sum(eig > 0))
     if fit_range is None:
         fit_range = (1, n_pos)
@@ -385,8 +417,9 @@ def uniformity(
 ) -> float:
     """Wang & Isola uniformity ``log mean_{i<j} exp(-t ||u_i - u_j||^2)`` of L2-normalised rows.
 
-    O(n^2 d): above ``max_samples`` rows a uniform random subset (``seed``) is used; None uses
-    every row. The sum over pairs is shifted by the smallest distance (a log-sum-exp), so large
+    Range ``[-2t n / (n - 1), 0]`` for the n rows used (module docstring). O(n^2 d): above
+    ``max_samples`` rows a uniform random subset (``seed``) is used; None uses every row. The
+    sum over pairs is shifted by the smallest distance (a log-sum-exp), so large
     t does not underflow. ``precision``: dtype of the row Gram ``u_i . u_j`` (the O(n^2 d) part;
     the rest is float64); ``"auto"`` uses float32 for float32 (or narrower) input. Float32 moves
     each ``||u_i - u_j||^2`` by ~sqrt(d) eps_32, so the uniformity by ~t sqrt(d) eps_32

@@ -225,7 +225,15 @@ def _ggd_available():
 @pytest.mark.parametrize("dx,dy", [(1, 1), (2, 2), (1, 2)])
 def test_ksg_accuracy_ggd(beta, dx, dy):
     """Generalized Gaussian (exact MI from mitools.mi.ggd): mean of 4 independent 5000-sample
-    estimates within 0.02 nats (same protocol as the Gaussian test)."""
+    estimates within 0.02 nats (same protocol as the Gaussian test).
+
+    This checks KSG against the exact GGD MI; it tells the exact MI from the second-order
+    (Gaussian) value only where the gap exceeds 0.02 AND the second-order value is more than 0.02
+    from the KSG mean: beta = 0.5 at 1+1 (gap 0.022) and 2+2 (0.034), beta = 2 at 2+2 (0.027),
+    where that is asserted. No such claim is made for beta = 2 at 1+1 (gap 0.015) and 1+2
+    (0.020: not above the tolerance) or beta = 0.5 at 1+2 (gap 0.026, but the KSG mean lies
+    between the two values); the exact GGD MI is checked against Monte Carlo of the exact
+    densities in tests/test_ggd.py (test_mi_matches_monte_carlo)."""
     from mitools.mi.ggd import GGD
 
     d = dx + dy
@@ -240,6 +248,10 @@ def test_ksg_accuracy_ggd(beta, dx, dy):
         z = g.sample(5000, seed=1000 + seed)
         ests.append(ksg_mi(z[:, :dx], z[:, dx:]))
     assert abs(np.mean(ests) - truth) < 0.02, (ests, truth)
+    if (beta, (dx, dy)) in {(0.5, (1, 1)), (0.5, (2, 2)), (2.0, (2, 2))}:
+        second_order = g.mi_gaussian(dx)
+        assert truth - second_order > 0.02
+        assert abs(np.mean(ests) - second_order) > 0.02, (ests, second_order)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
+import warnings
 
 import mpmath as mp
 import numpy as np
@@ -242,7 +244,7 @@ def test_mi_equals_gaussian_at_beta_one():
     [(0.2, 1, 1), (0.25, 3, 5), (2.0, 1, 3), (10.0, 1, 1), (6.0, 2, 5)],
 )
 def test_mi_gap_matches_nested_scipy_quadrature(beta, p, q):
-    assert G.mi_gap(beta, p, q) == pytest.approx(ref_mi_gap(beta, p, q), abs=1e-8)
+    assert G.mi_gap(beta, p, q) == pytest.approx(ref_mi_gap(beta, p, q), abs=1e-10)
 
 
 @functools.cache
@@ -353,6 +355,44 @@ def test_ggd_marginal_formula():
     )
 
 
+def _radial_unit_cov_entropy(k: int, beta: float) -> float:
+    """Entropy of the k-dim GGD with unit covariance by 1-D radial quadrature, sharing nothing
+    with the module's closed forms: normaliser, second moment and E[r^(2 beta)/2] of the
+    unnormalised unit-dispersion density exp(-r^(2 beta)/2) (radial measure |S^(k-1)| r^(k-1) dr)
+    by scipy.integrate.quad; then rescale to unit covariance (h shifts by -k/2 log var)."""
+    area = 2 * math.pi ** (k / 2) / math.gamma(k / 2)
+    # cut where r^(2 beta)/2 exceeds the Gamma(k/(2 beta)) mode by 60: the tail is below 1e-20
+    r_top = (2 * (k / (2 * beta) + 60)) ** (1 / (2 * beta))
+    points = [r_top * f for f in (0.05, 0.1, 0.2, 0.35, 0.5, 0.7)]
+
+    def moment(power: float, weight=lambda r: 1.0) -> float:
+        def f(r):
+            return r ** (k - 1 + power) * math.exp(-0.5 * r ** (2 * beta)) * weight(r)
+
+        value = integrate.quad(f, 0, r_top, points=points, epsabs=0, epsrel=1e-13, limit=500)[0]
+        return area * value
+
+    z = moment(0)
+    mean_potential = moment(0, lambda r: 0.5 * r ** (2 * beta)) / z
+    var = moment(2) / z / k  # per-coordinate variance of the unit-dispersion GGD
+    return math.log(z) + mean_potential - 0.5 * k * math.log(var)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_unit_cov_entropy_matches_radial_quadrature(beta, k):
+    # phi(beta, k) for k > 1 (where the k/2 log kappa term matters) against the radial quadrature;
+    # e.g. beta = 0.5, k = 4: 5.5554906
+    assert G.unit_cov_entropy(k, beta) == pytest.approx(
+        _radial_unit_cov_entropy(k, beta), abs=1e-11
+    )
+    gauss = 0.5 * k * math.log(2 * math.pi * math.e)  # closed form at beta = 1
+    if beta == 1.0:
+        assert G.unit_cov_entropy(k, beta) == pytest.approx(gauss, abs=1e-12)
+    else:  # the Gaussian has the largest entropy at a given covariance
+        assert G.unit_cov_entropy(k, beta) < gauss - 1e-3
+
+
 def test_first_call_fast():
     G._marginal_entropy_cached.cache_clear()
     G._inner_rule.cache_clear()
@@ -389,6 +429,48 @@ def test_first_call_fast():
 def test_bad_constructor_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GGD(**kwargs)
+
+
+def _stated_min_beta(message: str) -> float:
+    return float(re.search(r"beta (?:must be )?>= ([0-9.e-]+)", message).group(1))
+
+
+def test_tiny_beta_sampling_raises_a_clear_error_at_the_measured_limit():
+    # the radius (2G)^(1/(2 beta)), G ~ Gamma(n/(2 beta)), overflows float64 for beta below
+    # ~0.0045 at n = 2 (20,000 unit-dispersion samples measured finite from beta = 0.00447; at
+    # 0.97 of that, 36 % of them overflow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ValueError, not a RuntimeWarning and NaN samples
+        with pytest.raises(ValueError, match=r"overflow float64 at beta=0.003 \(n=2\)") as info:
+            GGD(dispersion=np.eye(2), beta=0.003).sample(100, seed=0)
+        limit = _stated_min_beta(str(info.value))
+        assert 0.00447 <= limit <= 1.05 * 0.00447  # the stated limit is the measured one
+        assert np.all(np.isfinite(GGD(dispersion=np.eye(2), beta=limit).sample(20_000, seed=1)))
+        with pytest.raises(ValueError, match="overflow"):
+            GGD(dispersion=np.eye(2), beta=0.95 * limit).sample(20_000, seed=1)
+        # a larger dispersion overflows earlier, and the stated limit says so
+        wide = GGD(dispersion=np.diag([1e200, 1.0]), beta=0.006)
+        with pytest.raises(ValueError, match="overflow") as info:
+            wide.sample(1000, seed=2)
+        wide_limit = _stated_min_beta(str(info.value))
+        assert wide_limit > 0.006
+        wide = GGD(dispersion=np.diag([1e200, 1.0]), beta=wide_limit)
+        assert np.all(np.isfinite(wide.sample(20_000, seed=3)))
+
+
+def test_tiny_beta_covariance_raises_a_clear_error_at_the_overflow_limit():
+    d = GGD(dispersion=np.eye(2), beta=0.005)
+    with pytest.raises(ValueError, match=r"kappa\(n=2, beta=0.005\).*overflows float64") as info:
+        _ = d.cov
+    limit = _stated_min_beta(str(info.value))
+    # at the stated limit kappa is finite and within 1e-3 (relative, in log) of the float64 max
+    kappa = G.ggd_cov_factor(2, limit)
+    assert math.isfinite(kappa) and math.log(kappa) > (1 - 1e-3) * math.log(np.finfo(float).max)
+    with pytest.raises(ValueError, match="overflows"):
+        GGD(cov=np.eye(2), beta=0.999 * limit)
+    assert np.all(np.isfinite(GGD(dispersion=np.eye(2), beta=limit).cov))
+    # the unit-covariance entropy needs only log kappa: finite below the limit
+    assert math.isfinite(G.unit_cov_entropy(2, 0.005))
 
 
 def test_bad_method_input():

@@ -6,6 +6,15 @@ KSG accuracy for low-MI cases in 2-4 dimensions (0.02 nats) plus three standard 
 over seeds. In 3+5 dimensions KSG is known to be biased low (Kraskov et al. 2004; measured in
 analysis/ksg_bias.py): there the test asserts the direction and significance of that bias instead,
 so a change that silently "fixed" or flipped it would be noticed.
+
+What the low-dimensional check can and cannot discriminate. It accepts any value within the
+tolerance (0.02 + 3 SE) of the KSG mean, so it tells the exact MI from the second-order (Gaussian)
+value only where the second-order value falls outside that tolerance. With the fixed seeds it does
+for 7 of the 10 cases (gaps exact - second-order 0.034 to 0.16 nats), and the test asserts that
+the second-order value would fail the same check there. It does NOT for 1+1 at beta = 0.5 and 2
+(gaps 0.022 and 0.015) and 2+2 at beta = 2 (gap 0.027): there the gap is below or within the
+tolerance, so those cases only check agreement; the exact value at these betas is checked against
+Monte Carlo of the exact densities in tests/test_ggd.py (test_mi_matches_monte_carlo).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from mitools.mi.ggd import GGD
 
 BETAS = (0.25, 0.5, 2.0, 4.0, 8.0)
 RHO = 0.5  # second-order MI 0.14 nats per coordinate pair: low-MI regime
+# (beta, dims) where the gap exact - second-order is within the KSG tolerance (module docstring)
+NOT_DISCRIMINATED = {(0.5, (1, 1)), (2.0, (1, 1)), (2.0, (2, 2))}
 
 
 def _ksg_after_asinh(ggd: GGD, split: int, n: int, seeds: int) -> tuple[float, float]:
@@ -36,9 +47,14 @@ def test_exact_mi_agrees_with_ksg_low_dim(beta, dims):
     ggd = GGD(cov=correlated_cov(p, q, RHO), beta=beta)
     exact = ggd.mi(p)
     mean, se = _ksg_after_asinh(ggd, p, n=20_000, seeds=3)
-    assert abs(mean - exact) <= 0.02 + 3 * se, (beta, dims, exact, mean, se)
-    # The comparison can discriminate: the second-order value is off by the gap for beta != 1.
-    assert abs(ggd.mi_gaussian(p) - exact) > 0.005
+    tolerance = 0.02 + 3 * se
+    assert abs(mean - exact) <= tolerance, (beta, dims, exact, mean, se)
+    if (beta, dims) not in NOT_DISCRIMINATED:
+        # The comparison discriminates: the gap exceeds the tolerance and the second-order value
+        # would fail the same check.
+        second_order = ggd.mi_gaussian(p)
+        assert exact - second_order > tolerance, (beta, dims, exact - second_order, tolerance)
+        assert abs(mean - second_order) > tolerance, (beta, dims, mean, second_order, tolerance)
 
 
 @pytest.mark.parametrize("beta", BETAS)

@@ -11,10 +11,12 @@ from test_hessian import case
 from mitools.hessian import (
     HessianOperator,
     dense_operator,
+    per_layer_operators,
     pyhessian_density,
     pyhessian_top_eigenvalues,
     pyhessian_trace,
     spectral_density,
+    top_eigenvalues,
     trace,
 )
 
@@ -67,6 +69,62 @@ def test_density_sigma_checked_before_any_product(mlp):
         with pytest.raises(ValueError, match=r"sigma must be None or a positive finite"):
             spectral_density(op, runs=1, steps=5, sigma=bad)
     assert op.n_matvecs == 0
+
+
+def _linear_case():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    batches = [torch.randn(8, 3, dtype=torch.float64) * s for s in (1.0, 3.0, 5.0)]
+
+    def loss_fn(m, b):
+        return (m(b) ** 2).mean()
+
+    return model, loss_fn, batches
+
+
+@pytest.mark.parametrize(
+    "make", [lambda bs: (b for b in bs), iter, lambda bs: map(lambda b: b, bs)]
+)
+def test_loader_one_shot_iterator_is_rejected(make):
+    """A generator / iterator loader is consumed by one pass: the constructor's peek used to eat the
+    first batch (the first product averaged batches 2..B, the second found no batches). It is
+    rejected up front, without consuming anything."""
+    model, fn, batches = _linear_case()
+    it = make(batches)
+    with pytest.raises(ValueError, match=r"loader must be re-iterable .* wrap it in list"):
+        HessianOperator(model, fn, loader=it)
+    assert next(it) is batches[0]  # nothing was consumed
+    # the advertised remedy gives the mean of all per-batch Hessians, on every call
+    op = HessianOperator(model, fn, loader=list(make(batches)))
+    # L_b = mean((w.x + c)^2): H_b = 2 mean [x, 1][x, 1]' over the rows (weight, then bias)
+    rows = [torch.cat([b, torch.ones(len(b), 1, dtype=b.dtype)], 1) for b in batches]
+    want = sum(2 * r.T @ r / len(r) for r in rows) / len(rows)
+    v = torch.randn(4, dtype=torch.float64)
+    for _ in range(2):
+        assert torch.allclose(op.matvec(v), want @ v, atol=1e-12)
+    with pytest.raises(ValueError, match=r"loader must be re-iterable"):
+        per_layer_operators(model, fn, loader=make(batches))
+
+
+def test_dense_operator_rejects_non_symmetric_matrix():
+    """A non-symmetric matrix made Lanczos return 2.93 for eigenvalues {1, 2}."""
+    for A in (
+        torch.tensor([[1.0, 1.0], [0.0, 2.0]], dtype=torch.float64),
+        np.array([[1.0, 1.0], [0.0, 2.0]]),
+    ):
+        with pytest.raises(ValueError, match=r"not symmetric"):
+            dense_operator(A)
+    with pytest.raises(ValueError, match=r"non-finite"):
+        dense_operator(torch.tensor([[1.0, float("nan")], [float("nan"), 2.0]]))
+    # rounding-level asymmetry (an unsymmetrised float32 / float64 Hessian) is accepted
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((30, 30))
+    S = B + B.T
+    for dtype, noise in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        A = (S + noise * np.linalg.norm(S) / 30 * rng.standard_normal((30, 30))).astype(dtype)
+        op = dense_operator(A)
+        top = top_eigenvalues(op, k=1, tol=1e-6).eigenvalues[0]
+        assert top == pytest.approx(np.linalg.eigvalsh(S)[-1], rel=1e-4)
 
 
 # ---- PyHessian backend -------------------------------------------------------------------------

@@ -191,6 +191,44 @@ def test_error_bound_dominates_actual_error_with_both_signs(seed):
             assert actual <= bound * (1 + 1e-12) + 1e-15
 
 
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.9, 0.99])
+def test_error_bound_is_tight_for_one_extreme_eigenvalue(q):
+    # One ratio m = 1 - lambda/s = q > 0: R_K = sum_{k>K} q^k/k >= q^(K+1)/(K+1) (its first term),
+    # and the bound is B_K = q^(K+1)/((K+1)(1-q)), so R_K <= B_K <= R_K/(1-q): the bound is
+    # within a factor 1/(1-q) of the truth at every order. Also for d equal eigenvalues (d R_K vs
+    # d B_K) and for one extreme eigenvalue among d with m = 0 (R_K vs d B_K <= d R_K/(1-q)).
+    # With m = -q (s < lambda) the tail alternates with decreasing terms, so
+    # |R_K| >= q^(K+1)/(K+1) - q^(K+2)/(K+2) >= (1-q) q^(K+1)/(K+1), i.e. B_K <= |R_K|/(1-q)^2.
+    # R_K from the closed form -log(1 - m) - sum_{k<=K} m^k/k at 30 digits beyond the
+    # cancellation (R_K ~ q^(K+1), so (K+1) |log10 q| + 30 digits).
+    mpmath = pytest.importorskip("mpmath")
+    d = 6
+    for s in (1.0, 2.5):
+        for K in (0, 1, 2, 5, 10, 40, 100):
+            for sign in (1, -1):
+                with mpmath.workdps(30 + math.ceil((K + 1) * -math.log10(q))):
+                    m = mpmath.mpf(sign * q)
+                    tail = -mpmath.log1p(-m) - mpmath.fsum(m**k / k for k in range(1, K + 1))
+                    exact_tail = float(tail)
+                lam = s * (1.0 - sign * q)
+                one = taylor_error_bound(K, s, lam, lam, 1)
+                ours = float(taylor_truncation_error(torch.tensor([lam], dtype=f64), K, s))
+                assert ours == pytest.approx(exact_tail, rel=1e-9)
+                actual = abs(exact_tail)
+                assert actual <= one * (1 + 1e-12)
+                loss = (1 - q) if sign > 0 else (1 - q) ** 2
+                assert one <= actual / loss * (1 + 1e-12), (s, K, sign, one, actual)
+                if sign < 0:
+                    continue
+                # d equal eigenvalues; one extreme eigenvalue with the others at s (m = 0)
+                assert taylor_error_bound(K, s, lam, lam, d) <= d * actual / (1 - q) * (1 + 1e-12)
+                spectrum = torch.tensor([lam] + [s] * (d - 1), dtype=f64)
+                assert float(taylor_truncation_error(spectrum, K, s)) == pytest.approx(
+                    exact_tail, rel=1e-9
+                )
+                assert taylor_error_bound(K, s, lam, s, d) <= d * actual / (1 - q) * (1 + 1e-12)
+
+
 def test_order_for_tolerance_is_minimal_and_sufficient():
     lam = geometric(32, 20.0)
     s = float(lam.max())

@@ -291,3 +291,49 @@ def test_taylor_is_accurate_in_the_symmetric_form_and_not_in_the_joint_one():
     # both exact forms estimate the true -d/2 log(1 - rho^2) = 1.1507 nats
     for exact, _ in mi.values():
         assert exact == pytest.approx(-d / 2 * math.log(1 - rho**2), rel=0.02)
+
+
+def test_symmetric_form_on_non_exchangeable_views_matches_the_documented_formula():
+    # The documented symmetric form, computed independently in numpy/float64 from its two stated
+    # expressions: (a) I = log det C - 1/2 log det(Cov(z1 + z2)/2) - 1/2 log det(Cov(z1 - z2)/2)
+    # with C = (Cov(z1) + Cov(z2))/2; (b) the Gaussian MI of the view-swapped (exchangeable)
+    # joint covariance [[C, D], [D, C]], D = (C12 + C21)/2. The views differ in scale and
+    # covariance (C11 != C22, C12 != C12'), so C11, C22 and C are three different matrices and
+    # the value tells them apart (replacing C by C11 moves it by > 1 nat).
+    g = torch.Generator().manual_seed(11)
+    n, d = 500, 3
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    mix = torch.tensor([[1.0, 0.4, -0.3], [0.0, 0.7, 0.5], [0.2, 0.0, 1.3]], dtype=torch.float64)
+    z1 = z @ mix + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    z2 = (z + 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64)) * torch.tensor(
+        [4.0, 2.0, 0.3], dtype=torch.float64
+    )
+    a, b = z1.numpy(), z2.numpy()
+    cov = lambda x: np.cov(x, rowvar=False)  # noqa: E731
+    ld = lambda M: np.linalg.slogdet(M)[1]  # noqa: E731
+    c11, c22 = cov(a), cov(b)
+    c = 0.5 * (c11 + c22)
+    c12 = np.cov(np.hstack([a, b]), rowvar=False)[:d, d:]
+    dd = 0.5 * (c12 + c12.T)
+    # the views really are not exchangeable
+    assert np.linalg.norm(c11 - c22) > 1.0 and np.linalg.norm(c12 - c12.T) > 0.1
+    eye = np.eye(d)
+    for ridge in (0.0, 0.1):
+        ref = (
+            ld(c + ridge * eye)
+            - 0.5 * ld(cov(a + b) / 2 + ridge * eye)
+            - 0.5 * ld(cov(a - b) / 2 + ridge * eye)
+        )
+        swapped = np.block([[c, dd], [dd, c]]) + ridge * np.eye(2 * d)
+        ref_b = 0.5 * (2 * ld(c + ridge * eye) - ld(swapped))
+        assert ref == pytest.approx(ref_b, abs=1e-12)
+        loss = EMILoss(form="symmetric", logdet="exact", ridge=ridge)
+        value = loss(z1, z2)
+        assert float(value) == pytest.approx(-ref, abs=1e-10)
+        assert float(loss.last_terms["logdet_c"]) == pytest.approx(ld(c + ridge * eye), abs=1e-10)
+    # sensitivity: using either block for C would move the value by far more than the tolerance,
+    # and the symmetric form differs from the joint one on these views
+    assert min(abs(ld(c11) - ld(c)), abs(ld(c22) - ld(c))) > 0.5
+    assert (
+        abs(float(EMILoss(form="joint")(z1, z2)) - float(EMILoss(form="symmetric")(z1, z2))) > 0.1
+    )

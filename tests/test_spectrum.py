@@ -260,3 +260,25 @@ def test_float32_uniformity_and_report_agree_with_float64():
     assert r32.effective_rank == pytest.approx(r64.effective_rank, rel=1e-6)
     assert r32.numerical_rank == r64.numerical_rank == 256
     assert r32.verdict == r64.verdict == "healthy"
+
+
+@pytest.mark.parametrize("t", [0.5, 2.0])
+def test_uniformity_lower_bound_is_attained_by_the_regular_simplex(t):
+    """Range of ``log mean_{i != j} exp(-t |u_i - u_j|^2)`` for n unit rows: sum_{i != j} u_i.u_j
+    = |sum u|^2 - n >= -n, so the mean squared distance is <= 2n/(n-1) and, by Jensen, the
+    uniformity is >= -2t n/(n-1), with equality iff all distances are equal and sum u = 0 (the
+    regular simplex, n <= d + 1). n = 2 antipodal rows give -4t, below the former "-2t" claim."""
+    assert uniformity(np.array([[1.0, 0.0], [-3.0, 0.0]]), t=t) == pytest.approx(-4 * t, rel=1e-12)
+    for n in (2, 3, 5, 17):
+        bound = -2 * t * n / (n - 1)
+        # regular simplex: centred standard basis of R^n (rows scaled arbitrarily: normalised
+        # inside), embedded in d = n + 3 dims and rotated
+        simplex = np.eye(n) - 1.0 / n
+        rot, _ = np.linalg.qr(np.random.default_rng(n).standard_normal((n + 3, n + 3)))
+        z = np.hstack([simplex, np.zeros((n, 3))]) @ rot.T * np.arange(1, n + 1)[:, None]
+        assert uniformity(z, t=t, max_samples=None) == pytest.approx(bound, rel=1e-12)
+        # any other configuration stays above the bound (and below 0)
+        rng = np.random.default_rng(100 + n)
+        for d in (1, 2, n + 3):
+            u = uniformity(rng.standard_normal((n, d)), t=t, max_samples=None)
+            assert bound - 1e-12 <= u <= 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -147,8 +147,13 @@ class HessianOperator:
             supervised). It should be deterministic (no random augmentation inside; freeze views
             with :func:`mitools.hessian.freeze_views`) and side-effect free.
         batch: one batch, passed to ``loss_fn`` as is. Exclusive with ``loader``.
-        loader: re-iterable of batches (list, DataLoader); the operator is the arithmetic mean of
-            per-batch Hessians (each batch's loss differentiated on its own).
+        loader: re-iterable of batches (list, tuple, DataLoader); the operator is the arithmetic
+            mean of per-batch Hessians (each batch's loss differentiated on its own). It is
+            iterated once per :meth:`matvec` / :meth:`matmat` call (plus once at construction),
+            so every pass must yield the same batches (no shuffling, no random augmentation). A
+            one-shot iterator (generator, ``iter(...)``, ``map``) is rejected with a ValueError
+            before anything is drawn from it: one pass would exhaust it; wrap it in
+            ``list(...)`` (which holds every batch in memory).
         params: block selection, see :func:`select_parameters`.
         bn_mode: ``"eval"`` or ``"train"``, see :func:`bn_context`; applied around every forward,
             the model's mode and buffers are restored afterwards.
@@ -195,6 +200,12 @@ class HessianOperator:
     ) -> None:
         if (batch is None) == (loader is None):
             raise ValueError("pass exactly one of batch and loader")
+        if isinstance(loader, Iterator):
+            # checked without iter(): that would start DataLoader workers or draw from the input
+            raise ValueError(
+                "loader must be re-iterable (a DataLoader, list or tuple of batches), got a "
+                f"one-shot iterator/generator ({type(loader).__name__}); wrap it in list(...)"
+            )
         if bn_mode not in _BN_MODES:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {bn_mode!r}")
         if hvp not in _HVP_MODES:

@@ -68,11 +68,32 @@ class _Dense:
         return self.A @ V
 
 
-def dense_operator(A: Tensor | np.ndarray) -> LinearOperator:
-    """Wrap a symmetric matrix as an operator (reference computations and tests)."""
+def dense_operator(A: Tensor | np.ndarray, *, rtol: float | None = None) -> LinearOperator:
+    """Wrap a symmetric matrix as an operator (reference computations and tests).
+
+    Every routine here assumes ``A = A^T`` (a Hessian is symmetric); on a non-symmetric matrix
+    Lanczos returns numbers that are no eigenvalues. ValueError unless ``A`` is square, finite
+    and ``||A - A^T||_F <= rtol * ||A||_F``; ``rtol`` defaults to ``sqrt(eps)`` of ``A``'s
+    floating dtype (1.5e-8 for float64, 3.5e-4 for float32; float64's for integer input), which
+    accepts the rounding-level asymmetry of a Hessian assembled from products ``H e_i``.
+    """
     A = torch.as_tensor(A)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {tuple(A.shape)}")
+    Ad = A.detach().to(torch.float64)
+    if not bool(torch.isfinite(Ad).all()):
+        raise ValueError(f"matrix has {int((~torch.isfinite(Ad)).sum())} non-finite entries")
+    if rtol is None:
+        rtol = math.sqrt(torch.finfo(A.dtype if A.is_floating_point() else torch.float64).eps)
+    elif not (rtol >= 0 and math.isfinite(rtol)):
+        raise ValueError(f"rtol must be None or a finite number >= 0, got {rtol!r}")
+    asym = float(torch.linalg.matrix_norm(Ad - Ad.T))
+    norm = float(torch.linalg.matrix_norm(Ad))
+    if asym > rtol * norm:
+        raise ValueError(
+            f"matrix is not symmetric: ||A - A^T||_F / ||A||_F = {asym / norm:.3g} > rtol = "
+            f"{rtol:.3g} (a Hessian is symmetric; pass (A + A.T) / 2 if the asymmetry is rounding)"
+        )
     return _Dense(A)
 
 
