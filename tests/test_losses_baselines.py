@@ -62,6 +62,20 @@ def test_barlow_twins_matches_direct_formula():
     assert float(loss.last_terms["on_diag"] + lam * loss.last_terms["off_diag"]) == pytest.approx(
         ref, abs=1e-10
     )
+    # solo-learn's scale_loss multiplies the loss (and its gradient), not the reported terms
+    scaled = BarlowTwinsLoss(lambda_param=lam, scale_loss=0.1)
+    z1g = z1.clone().requires_grad_(True)
+    value = scaled(z1g, z2)
+    assert float(value) == pytest.approx(0.1 * ref, abs=1e-11)
+    assert float(scaled.last_terms["on_diag"] + lam * scaled.last_terms["off_diag"]) == (
+        pytest.approx(ref, abs=1e-10)
+    )
+    (grad,) = torch.autograd.grad(value, z1g)
+    z1u = z1.clone().requires_grad_(True)
+    (grad_unscaled,) = torch.autograd.grad(loss(z1u, z2), z1u)
+    torch.testing.assert_close(grad, 0.1 * grad_unscaled, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="scale_loss"):
+        BarlowTwinsLoss(scale_loss=0.0)
 
 
 def test_vicreg_matches_direct_formula():

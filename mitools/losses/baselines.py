@@ -82,7 +82,10 @@ class BarlowTwinsLoss(nn.Module):
     """Barlow Twins via ``lightly.loss.BarlowTwinsLoss``.
 
     Each view standardised per dimension over the batch (biased variance, as BatchNorm in
-    training mode), ``c = z1n' z2n / N``, ``loss = sum_i (1 - c_ii)^2 + lambda sum_{i!=j} c_ij^2``.
+    training mode), ``c = z1n' z2n / N``,
+    ``loss = scale_loss * (sum_i (1 - c_ii)^2 + lambda sum_{i!=j} c_ij^2)``. ``scale_loss``
+    (default 1, the paper's loss) is solo-learn's factor (0.1 in its CIFAR recipe); the
+    ``on_diag`` / ``off_diag`` terms in ``last_terms`` are unscaled.
     """
 
     def __init__(
@@ -90,10 +93,13 @@ class BarlowTwinsLoss(nn.Module):
         lambda_param: float = 5e-3,
         gather_distributed: bool = False,
         check_finite: bool = True,
+        scale_loss: float = 1.0,
     ) -> None:
         super().__init__()
         check_nonnegative("lambda_param", lambda_param)
+        check_positive("scale_loss", scale_loss)
         self.lambda_param = float(lambda_param)
+        self.scale_loss = float(scale_loss)
         self.gather_distributed = gather_distributed
         self.check_finite = check_finite
         from lightly.loss import BarlowTwinsLoss as _LightlyBarlowTwins
@@ -106,7 +112,7 @@ class BarlowTwinsLoss(nn.Module):
         check_pair(z1, z2, check_finite=self.check_finite)
         z1, z2 = common_dtype(z1, z2)
         z1, z2 = maybe_gather(z1, z2, self.gather_distributed, self.check_finite)
-        loss = self._loss(z1, z2)
+        loss = self.scale_loss * self._loss(z1, z2)
         with torch.no_grad():
             n = z1.shape[0]
             a = F.batch_norm(z1, None, None, training=True)
