@@ -1054,11 +1054,10 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     preset = build_augment_preset(cfg)
     mode = cfg.data.augment  # batch: all on the device; hybrid: workers crop, the device colours
     batch_aug = BatchAugment(preset).to(device) if mode in ("batch", "hybrid") else None
-    pre_tf = {
-        "batch": lambda: loader_transform(cfg.data.name),
-        "hybrid": lambda: TwoViewTransform(preset, photometric=False),
-        "workers": lambda: TwoViewTransform(preset),
-    }[mode]()
+    if mode == "batch":
+        pre_tf = loader_transform(cfg.data.name)
+    else:  # workers: both views whole; hybrid: their crops only
+        pre_tf = TwoViewTransform(preset, photometric=mode == "workers")
     train_set = _dataset(cfg, dspec.pretrain_split, ddp, transform=pre_tf)
     sampler = EpochBatchSampler(len(train_set), local_batch, cfg.train.seed, ddp.rank, ddp.world)
     # Private generator for the loader's worker seeds, re-seeded per (epoch, rank): creating an
@@ -1078,9 +1077,9 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             pin_memory=cfg.data.pin_memory and use_cuda, persistent_workers=False,
             generator=loader_gen,
         )  # fmt: skip
-    augment = (
-        None if batch_aug is None else (batch_aug if mode == "batch" else batch_aug.photometric)
-    )
+    augment = None  # workers: the loader yields the finished views
+    if batch_aug is not None:
+        augment = batch_aug if mode == "batch" else batch_aug.photometric
     graph_aug = cfg.data.augment_graph if cfg.data.augment_graph is not None else use_cuda
     if augment is not None and graph_aug and use_cuda:
         augment = CudaGraphAugment(augment)
