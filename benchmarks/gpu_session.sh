@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh tests        # the CUDA tests (augmentation, graph replay, KSG, LARS, backends)
 #   bash benchmarks/gpu_session.sh ops          # operator and sync counts per step part; hybrid augmentation cost
 #   bash benchmarks/gpu_session.sh hessian      # Hessian top-1/trace/density vs PyHessian, ResNet-18 (CIFAR stem)
+#   bash benchmarks/gpu_session.sh imagenet     # ImageNet-100 pipeline/ceiling (fake JPEGs): hybrid vs workers
 #
 # Tables go to $OUT/bench (the device tool brings $OUT back; default results/bench). The device
 # image has its own torch and lacks some of our dependencies, so the repo goes on PYTHONPATH
@@ -17,9 +18,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MITOOLS_NO_PROGRESS=1
 out="${OUT:-results}/bench"
 case "${1:-}" in
-    throughput | compile | tests | ops | hessian) ;;
+    throughput | compile | tests | ops | hessian | imagenet) ;;
     *)
-        echo "usage: bash benchmarks/gpu_session.sh throughput|compile|tests|ops|hessian" >&2
+        echo "usage: bash benchmarks/gpu_session.sh throughput|compile|tests|ops|hessian|imagenet" >&2
         exit 2
         ;;
 esac
@@ -57,5 +58,12 @@ case "${1:-}" in
         fi
         python -m benchmarks.bench_hessian --device cuda --configs resnet18_cifar_b64 --repeats 3 \
             --out "$out"
+        ;;
+    imagenet)
+        # 14 of the 16 cores as DataLoader workers; is the 224 px ResNet-18 step worker-bound?
+        for mode in hybrid workers; do
+            python -m benchmarks.train_throughput --case imagenet100_mio --steps 10 \
+                --set data.num_workers=14 --set data.augment=$mode --out "$out/imagenet100_$mode"
+        done
         ;;
 esac
