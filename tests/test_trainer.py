@@ -71,6 +71,13 @@ def test_unknown_key_suggests_nearest(tmp_path, capsys):
     cfg = load_config(CONFIGS / "digits_emi.yaml", ["loss.params.ordr=3"])
     with pytest.raises(ConfigError, match=r"loss.params.ordr.*'loss.params.order'"):
         pretrain.build_loss_from_config(cfg)
+    # nothing near: the accepted keys are listed (the trainer's own gather_distributed is not)
+    cfg = load_config(CONFIGS / "digits_emi.yaml", ["loss.params.foo=3"])
+    with pytest.raises(
+        ConfigError, match=r"loss.params.foo' for loss 'emi'; it accepts center, "
+    ) as e:
+        pretrain.build_loss_from_config(cfg)
+    assert "ridge" in str(e.value) and "gather_distributed" not in str(e.value)
     # the CLI prints ONE line and exits 2
     assert pretrain.main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -421,3 +421,40 @@ def test_resume_auto_without_a_checkpoint_starts_the_log_over(tmp_path):
         {k: v for k, v in r.items() if k not in drop} for r in pretrain.read_metrics(fresh)
     ]
     assert rows and all(r.get("loss") != 9 for r in rows)
+
+
+def test_emi_batch_smaller_than_its_covariance_is_named_before_work(tmp_path, capsys, no_training):
+    """The exact ridge-free EMI covariance of d-dim projections needs 2d + 1 rows (joint form):
+    a one-line error before any work (it was a traceback at the first step), counting the rows
+    the loss really sees: twice the batch with a momentum target (both views' rows)."""
+    d32 = ["model.projector_dims=[16,32]", "loss.params.ridge=0"]  # needs 65 rows
+
+    def check(run: str, extra: list[str]) -> None:
+        preflight(load_config(CONFIGS / "digits_emi.yaml", [*SMALL, *d32, *extra,
+                                                            f"train.run_dir={tmp_path / run}"]))  # fmt: skip
+
+    assert pretrain.main(_cli_args(tmp_path / "a", [*d32, "data.batch_size=48"])) == 2
+    err = _one_line_error(capsys)
+    assert re.search(r"data.batch_size=48 gives the EMI loss 48 rows, fewer than the 65", err)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="gives the EMI loss 64 rows, fewer than the 65"):
+        check("b", ["data.batch_size=64"])
+    check("c", ["data.batch_size=66"])
+    check("d", ["data.batch_size=34", "model.momentum_encoder=true"])  # 68 rows
+    with pytest.raises(ConfigError, match="gives the EMI loss 64 rows"):
+        check("e", ["data.batch_size=32", "model.momentum_encoder=true"])
+    check("f", ["data.batch_size=48", "loss.params.ridge=1e-4"])  # ridge: any batch is defined
+    check("g", ["data.batch_size=48", "loss.params.covariance=ema"])
+
+
+def test_resuming_a_finished_run_says_it_is_complete(small_checkpoint, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "finished"
+    shutil.copytree(small_checkpoint.parent, run)
+    before = torch.load(run / "last.pt", weights_only=True)
+    summary = train(
+        load_config(CONFIGS / "digits_emi.yaml", [*SMALL, f"train.run_dir={run}"]), "auto"
+    )
+    assert "(epoch 1, step 1); the run is complete, nothing to train" in capsys.readouterr().err
+    assert summary["step"] == before["step"] == 1 and summary["epoch"] == 1

@@ -499,5 +499,9 @@ def check_loss_params(name: str, params: dict[str, Any]) -> None:
     for key in params:
         if key not in accepted:
             near = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f"; did you mean 'loss.params.{near[0]}'?" if near else ""
+            hint = (
+                f"; did you mean 'loss.params.{near[0]}'?"
+                if near
+                else f"; it accepts {', '.join(sorted(accepted - {'gather_distributed'}))}"
+            )
             raise ConfigError(f"unknown config key 'loss.params.{key}' for loss {name!r}{hint}")

@@ -281,6 +281,36 @@ def build_loss_from_config(cfg: Config, world: int = 1) -> nn.Module:
         raise ConfigError(f"loss: {exc}") from exc
 
 
+def _check_loss_batch(cfg: Config, loss_fn: nn.Module, world: int) -> None:
+    """EMI's exact batch covariance without ridge needs more rows than covariance dimensions:
+    checked before any work (the loss would raise at the first step). The loss sees the global
+    batch when it gathers over ranks, else the rank's share; with a momentum target and cross
+    pairing, both views' rows (``ssl_loss``)."""
+    from mitools.losses import EMILoss, min_batch_size
+    from mitools.models import EncoderSpec, SSLModel
+
+    if not isinstance(loss_fn, EMILoss) or loss_fn.covariance == "ema" or loss_fn.ridge > 0:
+        return
+    spec = EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
+    if spec.projector_dims:
+        d = int(spec.projector_dims[-1])
+    else:
+        with torch.device("meta"):  # no weights allocated: only the feature width is needed
+            d = SSLModel(spec).projection_dim
+    rows = cfg.data.batch_size if loss_fn.gather_distributed else cfg.data.batch_size // world
+    if cfg.model.momentum_encoder:
+        rows *= 2
+    need = min_batch_size(d, form=loss_fn.form, center=loss_fn.center)
+    if rows < need:
+        per_rank = "" if loss_fn.gather_distributed or world == 1 else f" per rank ({world} ranks)"
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} gives the EMI loss {rows} rows{per_rank}, "
+            f"fewer than the {need} its exact {loss_fn.form} covariance of {d}-dimensional "
+            "projections needs; raise data.batch_size, or set loss.params.ridge > 0 (e.g. 1e-4) "
+            "or loss.params.covariance=ema"
+        )
+
+
 def build_online_model(
     cfg: Config, device: torch.device, world: int = 1, channels_last: bool = False
 ) -> SSLModel:
@@ -401,8 +431,8 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model: {exc}") from exc
     build_augment_preset(cfg)
-    build_loss_from_config(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    _check_loss_batch(cfg, build_loss_from_config(cfg, world), world)
     if cfg.model.sync_batchnorm and world > 1 and not _will_use_cuda(cfg):
         raise ConfigError(
             "model.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
@@ -548,9 +578,10 @@ def _check_resume(
     if diff:
         raise ConfigError(
             f"{where} was written with other training settings: {'; '.join(diff)}. A resumed "
-            "run keeps the checkpoint's optimiser state and lr/momentum schedules (laid out for "
-            "its train.epochs), so these would be ignored or break the run; resume with the "
-            "run's own settings (its config.yaml), or start a new run in another train.run_dir"
+            "run continues the checkpoint's trajectory (its optimiser state, schedules laid out "
+            "for its train.epochs, data order and seed), so these would be ignored or mix two "
+            "runs; resume with the run's own settings (its config.yaml), or start a new run in "
+            "another train.run_dir"
         )
     return path, state
 
@@ -1148,7 +1179,8 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
         if ddp.world == int(state.get("world_size", 1)) and state.get("rng_per_rank"):
             restore_rng_state(state["rng_per_rank"][ddp.rank])
         if ddp.main:
-            print(f"resumed from {ckpt_path} (epoch {epoch}, step {step})", file=sys.stderr)
+            done = "; the run is complete, nothing to train" if epoch >= cfg.train.epochs else ""
+            print(f"resumed from {ckpt_path} (epoch {epoch}, step {step}){done}", file=sys.stderr)
         resumed_step = step
         del state, ckpt_state  # the loaded copies live in the modules now (CPU memory back)
 
