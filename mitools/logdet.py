@@ -1,6 +1,7 @@
 """Log-determinants of covariance matrices: exact (Cholesky) and truncated Taylor series.
 
-This is the numerical core of the EMI objective (SCIENCE.md, section 3).
+This is the numerical core of the EMI objective (second-order MI from covariance log-determinants,
+with a Taylor surrogate after eigenvalue rescaling; README, "The Taylor log-det surrogate").
 
 Exact
     ``logdet_exact(C) = 2 * sum_i log L_ii`` with ``C = L L'`` (Cholesky), by default in float64.

@@ -3,7 +3,8 @@
 ``H = d^2 L / d theta^2`` for the selected parameters ``theta`` (flattened in ``named_parameters``
 order), ``L = loss_fn(model, batch)``. With a ``loader`` the operator is the plain arithmetic MEAN
 OF PER-BATCH HESSIANS ``(1/B) sum_b H_b``; for batch-coupled SSL losses this is not the Hessian of
-one loss over the concatenated batches (see SCIENCE.md section 4).
+one loss over the concatenated batches: SSL losses couple the samples of a batch (covariances,
+all-pairs similarities), so fix one batch of views (:func:`mitools.hessian.freeze_views`) for the Hessian of one loss.
 """
 
 from __future__ import annotations
