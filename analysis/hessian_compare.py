@@ -13,7 +13,14 @@ mode (running statistics). The checkpoints are trainer runs (``trainers/pretrain
 - ``runs={name: run folder or checkpoint}`` (CLI ``--runs name=PATH``): any trainer runs (e.g.
   CIFAR); for a folder every ``epoch_XXXX.pt`` found is analysed unless ``epochs`` is given, a
   checkpoint file is one epoch (the number in its ``epoch_XXXX.pt`` name, else its ``"epoch"``
-  entry) whose metrics are read from the ``metrics.jsonl`` next to it.
+  entry) whose metrics are read from the ``metrics.jsonl`` next to it. A folder without any
+  ``epoch_XXXX.pt`` (a run of a shipped config: ``train.checkpoint_every_epochs: 0`` writes only
+  ``last.pt``) falls back to its ``last.pt``, one epoch (its ``"epoch"`` entry); one line on
+  stderr names the checkpoint used.
+
+:func:`checkpoint_hessian` is the single-checkpoint version (a run folder's newest checkpoint, or
+one file): :func:`mitools.hessian.hessian_summary` on the same frozen views, with the
+checkpoint's own loss.
 
 The loss is the checkpoint's own training loss (``config["loss"]``: name and params); a checkpoint
 without a config falls back to the objective name with :data:`LOSS_CONFIG`. The Hessian is of
@@ -24,13 +31,16 @@ target, for the loss module in eval mode (no EMA / running-state updates). ``tra
 ``probe_top1`` and ``knn_top1`` of the ``"kind": "epoch"`` line of ``metrics.jsonl``, NaN when
 absent (no metrics file, or the run did not evaluate that epoch: ``eval.every_epochs``).
 
-Bad input (a missing path, a folder without ``epoch_*.pt``, a corrupt checkpoint, non-finite
-weights, ...) makes the CLI print one ``error: ...`` line naming the path and exit 2 (``--debug``
-shows the traceback), as :mod:`mitools.diagnose` does.
+Bad input (a missing path, a folder without ``epoch_*.pt`` or ``last.pt``, a corrupt checkpoint,
+non-finite weights, ...) makes the CLI print one ``error: ...`` line naming the path and exit 2
+(``--debug`` shows the traceback), as :mod:`mitools.diagnose` does.
 
     python -m analysis.hessian_compare --quick
     python -m analysis.hessian_compare --runs emi=runs/digits_emi mio=runs/digits_mio
     python -m analysis.hessian_compare --runs emi=runs/digits_emi/epoch_0010.pt
+
+The CLI prints the summary table in full (``DataFrame.to_string``, never elided when piped); the
+tables themselves are ``OUT/hessian_compare.csv`` and ``OUT/hessian_density.csv``.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from mitools.models import EncoderSpec, SSLModel
 
 __all__ = [
     "run",
+    "checkpoint_hessian",
     "main",
     "default_epochs",
     "OBJECTIVES",
@@ -73,6 +84,7 @@ FULL_EPOCH_MARKS = (1, 5, 10, 20, 30, 50, 100, 200)
 # Per-epoch trainer metrics copied into the summary: column -> key of the "epoch" record.
 EPOCH_METRICS = {"train_loss": "mean_loss", "probe_top1": "probe_top1", "knn_top1": "knn_top1"}
 EXIT_BAD_INPUT = 2
+PROG = "python -m analysis.hessian_compare"
 LOSS_CONFIG: dict[str, dict[str, Any]] = {"emi": {"ridge": 1e-4}}
 
 
@@ -154,19 +166,27 @@ def _checkpoint_epoch(path: Path) -> int:
     """The epoch of one checkpoint file: the number in ``epoch_XXXX.pt``, else its ``"epoch"``."""
     if m := re.fullmatch(r"epoch_(\d+)", path.stem):
         return int(m.group(1))
+    return _stored_epoch(path)[0]
+
+
+def _stored_epoch(path: Path) -> tuple[int, int]:
+    """``(epoch, batch_in_epoch)`` stored in a checkpoint (``batch_in_epoch``: batches of the
+    next epoch already done, non-zero only for a checkpoint written on a signal)."""
     from mitools.checkpoint import load_checkpoint
 
-    epoch = load_checkpoint(path, required=()).get("epoch")
+    state = load_checkpoint(path, required=(), mmap=True)
+    epoch = state.get("epoch")
     if not isinstance(epoch, int):
         raise ValueError(f"{path}: no epoch in the file name (epoch_XXXX.pt) or the checkpoint")
-    return epoch
+    batches = state.get("batch_in_epoch")
+    return epoch, batches if isinstance(batches, int) else 0
 
 
 def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, dict[str, float]]]:
-    """``{epoch: checkpoint}`` of a trainer run folder (its ``epoch_XXXX.pt``) or of one
-    checkpoint file, and the run's per-epoch metrics (:func:`_epoch_metrics` of the folder, or
-    of the folder holding the file). A missing path or a folder without checkpoints is a
-    ValueError naming it."""
+    """``{epoch: checkpoint}`` of a trainer run folder (its ``epoch_XXXX.pt``; none: its
+    ``last.pt``, said in one line on stderr) or of one checkpoint file, and the run's per-epoch
+    metrics (:func:`_epoch_metrics` of the folder, or of the folder holding the file). A missing
+    path or a folder without checkpoints is a ValueError naming it."""
     path = Path(path)
     if path.is_file():
         return {_checkpoint_epoch(path): path}, _epoch_metrics(path.parent)
@@ -180,7 +200,16 @@ def _run_checkpoints(path: Path) -> tuple[dict[int, Path], dict[int, dict[str, f
         if (m := re.fullmatch(r"epoch_(\d+)", p.stem))
     }
     if not ckpts:
-        raise ValueError(f"{path}: no epoch_*.pt checkpoints in this folder")
+        last = path / "last.pt"
+        if not last.is_file():
+            raise ValueError(f"{path}: no epoch_*.pt or last.pt checkpoints in this folder")
+        epoch, batches = _stored_epoch(last)
+        partial = f", plus {batches} batches of the next (written on a signal)" if batches else ""
+        print(
+            f"{path}: no epoch_*.pt checkpoints; using {last} (epoch {epoch}{partial})",
+            file=sys.stderr,
+        )
+        ckpts = {epoch: last}
     return ckpts, _epoch_metrics(path)
 
 
@@ -216,6 +245,61 @@ def _analyse(model: SSLModel, loss_fn, views, sizes: dict[str, Any], seed: int):
     }
     row.update({f"top{i + 1}": float(v) for i, v in enumerate(eig.largest)})
     return row, dens
+
+
+def checkpoint_hessian(
+    checkpoint: str | Path,
+    objective: str | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    k: int | None = None,
+    n_probes: int | None = None,
+    max_iter: int | None = None,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """The Hessian summary of one checkpoint, as :func:`run` sees it.
+
+    ``checkpoint``: a checkpoint file, or a trainer run folder (its newest ``epoch_XXXX.pt``,
+    else its ``last.pt``). The model is rebuilt from the checkpoint's ``encoder_spec`` and the
+    loss is the checkpoint's own (``config["loss"]``; without one, the loss named ``objective``
+    with :data:`LOSS_CONFIG`). The batch is the frozen digits view pairs of :func:`run` (same
+    count for ``quick``, same ``seed``), BN in eval mode. ``k`` (Lanczos eigenvalues at each end),
+    ``n_probes`` (Hutch++) and ``max_iter`` (Lanczos) default to :func:`run`'s sizes for
+    ``quick``; ``threads`` as in :func:`run`.
+
+    Returns :func:`mitools.hessian.hessian_summary` (what ``mitools.diagnose --hessian``
+    reports: top-k and most negative eigenvalues, Hutch++ trace and its standard error, ...)
+    with ``checkpoint`` (the file used) and ``epoch`` added. Bad input is a ValueError naming
+    the path.
+    """
+    from mitools.hessian import hessian_summary
+
+    ckpts, _ = _run_checkpoints(Path(checkpoint))
+    epoch = max(ckpts)
+    path = ckpts[epoch]
+    model, state = _load_model(path)
+    if objective is None and not isinstance((state.get("config") or {}).get("loss"), dict):
+        raise ValueError(f"{path}: the checkpoint has no loss in its config; pass objective")
+    loss_fn = _checkpoint_loss(objective or str(path), state)
+    sizes = _sizes(quick)
+    with digits_runs.torch_threads(threads):
+        views = freeze_views(
+            _digits_images(), sizes["views"], BatchAugment(get_preset("digits")), seed
+        )
+        try:
+            result = hessian_summary(
+                model,
+                loss_fn,
+                views,
+                k=sizes["k"] if k is None else k,
+                n_probes=sizes["n_probes"] if n_probes is None else n_probes,
+                max_iter=sizes["max_iter"] if max_iter is None else max_iter,
+                seed=seed,
+            )
+        except (ValueError, RuntimeError) as exc:  # e.g. a collapsed model's non-finite loss
+            raise ValueError(f"{path}: {_first_line(exc)}") from exc
+    return {"checkpoint": str(path), "epoch": epoch, **result}
 
 
 def run(
@@ -310,6 +394,7 @@ def _run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.prog = PROG
     parser.add_argument(
         "--runs",
         nargs="*",
@@ -318,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--objectives", nargs="*", default=None)
     parser.add_argument(
-        "--epochs", nargs="*", type=int, default=None, help="epochs to analyse (default: see doc)"
+        "--epochs",
+        nargs="*",
+        type=int,
+        default=None,
+        help="epochs to analyse, each with a checkpoint (default: with --runs, every checkpoint "
+        "of each folder; without, the first and last epoch with --quick, else epochs "
+        f"{', '.join(map(str, FULL_EPOCH_MARKS))} and the last, where present)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
     args = parser.parse_args(argv)
@@ -343,9 +434,8 @@ def _main(args) -> int:
     df = run(args.quick, Path(args.out), args.seed, runs=runs,
              objectives=tuple(args.objectives) if args.objectives else None,
              epochs=tuple(args.epochs) if args.epochs else None)  # fmt: skip
-    with pd.option_context("display.width", 160):
-        cols = ["objective", "epoch", "train_loss", "probe_top1", "top1", "min_eigenvalue", "trace"]
-        print(df[cols])
+    cols = ["objective", "epoch", "train_loss", "probe_top1", "top1", "min_eigenvalue", "trace"]
+    print(df[cols].to_string(index=False))  # in full: pandas elides wide/long frames otherwise
     return 0
 
 

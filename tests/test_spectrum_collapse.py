@@ -230,3 +230,17 @@ def test_accumulator_errors():
         acc.update(np.array([[np.nan, 0, 0, 0]]))
     with pytest.raises(ValueError, match="non-finite"):
         collapse_report(np.array([[1.0, np.inf], [0.0, 1.0]]))
+
+
+def test_synthetic_reports_give_the_known_verdicts():
+    """analysis.collapse.synthetic_reports (notebook 05's table): healthy isotropic Gaussian,
+    dimensional collapse at rank 8 (RankMe and numerical rank at most 8), complete collapse of a
+    repeated row (normalised std 0)."""
+    from analysis.collapse import synthetic_reports
+
+    table = synthetic_reports(1000, d=64, rank=8, seed=0).set_index("case")
+    assert list(table.index) == ["isotropic", "rank 8", "constant"]
+    assert list(table["verdict"]) == ["healthy", "dimensional_collapse", "complete_collapse"]
+    assert table.loc["rank 8", "numerical rank"] == 8 and table.loc["rank 8", "RankMe"] <= 8
+    assert table.loc["isotropic", "RankMe"] > 0.9 * 64
+    assert table.loc["constant", "normalized std"] == pytest.approx(0.0, abs=1e-12)
