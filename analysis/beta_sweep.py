@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis._common import base_parser, progress, write_table
+from analysis._common import (
+    base_parser,
+    common_problem,
+    fail,
+    print_table,
+    progress,
+    run_and_record,
+    write_table,
+)
 from mitools.mi import GGD, ksg_mi
 
 NAME = "beta_sweep"
@@ -114,16 +122,24 @@ def run(quick: bool, out: Path, seed: int = 0, k: int = 5) -> pd.DataFrame:
     return df
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    df = run(quick=args.quick, out=Path(args.out), seed=args.seed)
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(
+        __doc__,
+        prog="analysis.beta_sweep",
+        quick_help="a small grid (6 betas, splits up to 4+4, KSG on 1+1 only): a few seconds",
+    )
+    args = parser.parse_args(argv)
+    problem = common_problem(args)
+    if problem:
+        return fail(problem)
+    df, _ = run_and_record(run, quick=args.quick, out=Path(args.out), seed=args.seed)
     gap = df[(df.rho == 0.0) & df.method.isin(["exact", "ggd_marginals"])]
     table = gap.pivot_table(index="beta", columns=["dim_x", "dim_y", "method"], values="mi")
-    with pd.option_context("display.width", 200, "display.precision", 4):
-        print("C(beta, dim_x, dim_y) = MI at zero correlation [nats]:")
-        print(table)
+    print("C(beta, dim_x, dim_y) = MI at zero correlation [nats]:")
+    print_table(table, float_format=lambda x: f"{x:.4f}")
     print(f"wrote {Path(args.out) / (NAME + '.csv')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

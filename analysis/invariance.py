@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis._common import base_parser, progress, write_table
+from analysis._common import (
+    base_parser,
+    common_problem,
+    fail,
+    print_table,
+    progress,
+    run_and_record,
+    write_table,
+)
 
 NAME = "invariance"
 SUMMARY_NAME = "invariance_summary"
@@ -125,9 +133,19 @@ def run(quick: bool, out: Path, seed: int = 0, k: int = 5, returns: str = "raw")
     return raw if returns == "raw" else summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    summary = run(quick=args.quick, out=Path(args.out), seed=args.seed, returns="summary")
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(
+        __doc__,
+        prog="analysis.invariance",
+        quick_help="two cases, n = 500, 3 seeds: a few seconds",
+    )
+    args = parser.parse_args(argv)
+    problem = common_problem(args)
+    if problem:
+        return fail(problem)
+    summary, _ = run_and_record(
+        run, quick=args.quick, out=Path(args.out), seed=args.seed, returns="summary"
+    )
     cols = [
         "case",
         "n",
@@ -141,10 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         "paired_z",
         "invariant_within_spread",
     ]
-    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.precision", 4):
-        print(summary[summary["transform"] != "none"][cols].to_string(index=False))
+    with pd.option_context("display.precision", 4):
+        print_table(summary[summary["transform"] != "none"][cols], index=False)
     print(f"wrote {Path(args.out) / (NAME + '.csv')} and {SUMMARY_NAME}.csv")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

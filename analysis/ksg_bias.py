@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis._common import base_parser, progress, write_table
+from analysis._common import (
+    base_parser,
+    common_problem,
+    fail,
+    print_table,
+    progress,
+    run_and_record,
+    write_table,
+)
 from mitools.mi.estimators import gaussian_mi, ksg_mi
 
 NAME = "ksg_bias"
@@ -77,15 +85,28 @@ def pivot(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=-1, help="threads for the KD-tree (-1: all)")
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(
+        __doc__,
+        prog="analysis.ksg_bias",
+        quick_help="a small grid (d = 1, 5; MI 0.5, 2; n = 500; one seed): a few seconds",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=-1, help="threads for the KD-tree (-1: all; else >= 1)"
+    )
     args = parser.parse_args(argv)
-    df = run(quick=args.quick, out=Path(args.out), seed=args.seed, workers=args.workers)
-    with pd.option_context("display.width", 160, "display.max_rows", 200):
-        print("mean bias (estimate - true MI, nats); columns: true MI")
-        print(pivot(df))
+    problem = common_problem(args)
+    if not problem and (args.workers == 0 or args.workers < -1):
+        problem = f"--workers must be -1 (all cores) or >= 1, got {args.workers}"
+    if problem:
+        return fail(problem)
+    df, _ = run_and_record(
+        run, quick=args.quick, out=Path(args.out), seed=args.seed, workers=args.workers
+    )
+    print("mean bias (estimate - true MI, nats); columns: true MI")
+    print_table(pivot(df))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

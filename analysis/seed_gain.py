@@ -16,9 +16,10 @@ mio_tau<t>     ``digits_mio.yaml`` with tau_p = tau_n = t, for t in 0.2, 0.3, 0.
 =============  ===========================================================================
 
 ``--epochs``: the training lengths (default: 30, the analyses' length, and 60, the configs' own
-since 2026-11-23; quick: 1 and 3 on the narrow quick CNN); ``--seeds`` default: 0-4 (quick: 0
-and 1). Runs go through :func:`analysis.digits_runs.ensure_run` (one folder per variant and
-epoch count under ``<out>/seed_gain_runs``, reused when complete). Writes ``seed_gain.csv`` (one
+since 2026-11-23; quick: 1 and 3 on the narrow quick CNN); ``--seeds``: the training seeds,
+default 0-4 (quick: 0 and 1); there is no base ``--seed``. Runs go through
+:func:`analysis.digits_runs.ensure_run` (one folder per variant and epoch count under
+``<out>/seed_gain_runs``, reused when complete). Writes ``seed_gain.csv`` (one
 row per variant, epochs and seed) and prints, per variant and epochs, the mean / min / max gain
 and how many seeds reach +5 points.
 
@@ -28,11 +29,19 @@ and how many seeds reach +5 points.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from analysis._common import base_parser, progress, write_table
+from analysis._common import (
+    base_parser,
+    common_problem,
+    fail,
+    progress,
+    run_and_record,
+    write_table,
+)
 
 NAME = "seed_gain"
 _MIO = "lam: 0.0"
@@ -93,14 +102,37 @@ def summary(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--epochs", type=int, nargs="+", default=None)
+    parser = base_parser(
+        __doc__,
+        prog="analysis.seed_gain",
+        quick_help="seeds 0 and 1, 1 and 3 epochs on the narrow quick CNN (8 runs, each probed): "
+        "about 5 CPU-minutes",
+        seed=False,  # the seeds are a list (--seeds), not a base seed
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="training seeds (default: 0-4; quick: 0 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epochs", type=int, nargs="+", default=None,
+        help="training lengths (default: 30 60; quick: 1 3)",
+    )  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=["emi", "mio"], choices=list(VARIANTS))
+    # not an option: without this, argparse would take "--seed 3" for an abbreviated "--seeds 3"
+    parser.add_argument("--seed", nargs="*", dest="no_seed", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    table = run(
-        Path(args.out), quick=args.quick, seeds=tuple(args.seeds) if args.seeds else None, epochs=args.epochs,
-        variants=tuple(args.variants),
+    problem = common_problem(args)
+    if not problem and args.no_seed is not None:
+        problem = "there is no --seed: give the training seeds as a list, --seeds 0 1 ..."
+    if not problem and args.epochs and min(args.epochs) < 1:
+        problem = f"--epochs must be >= 1, got {args.epochs}"
+    if not problem and args.seeds and min(args.seeds) < 0:
+        problem = f"--seeds must be >= 0, got {args.seeds}"
+    if problem:
+        return fail(problem)
+    table, _ = run_and_record(
+        run, out=Path(args.out), quick=args.quick, seeds=tuple(args.seeds) if args.seeds else None,
+        epochs=tuple(args.epochs) if args.epochs else None, variants=tuple(args.variants),
     )  # fmt: skip
     print(summary(table))
     return 0

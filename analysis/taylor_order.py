@@ -39,7 +39,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis._common import base_parser, progress, write_table
+from analysis._common import (
+    BadInput,
+    base_parser,
+    common_problem,
+    fail,
+    print_table,
+    progress,
+    run_and_record,
+    write_table,
+)
 from mitools.logdet import (
     RunningScale,
     TaylorConvergenceWarning,
@@ -526,6 +535,14 @@ def run(
     kappas = tuple(kappas or cfg["kappas"])
     orders = tuple(sorted(orders or cfg["orders"]))
     kmax = kmax or cfg["kmax"]
+    views = None
+    if checkpoint is not None:  # first, so that a bad file fails before the studies
+        try:
+            views = load_embeddings(checkpoint)
+        except ValueError as exc:  # the file was read; its content is wrong (message names it)
+            raise BadInput(str(exc)) from exc
+        except Exception as exc:  # unreadable: torch.load / np.load raise many kinds
+            raise BadInput(f"{checkpoint}: cannot read ({type(exc).__name__}: {exc})") from exc
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict] = []
     cases = [(d, k) for d in dims for k in kappas]
@@ -544,8 +561,7 @@ def run(
                     **row,
                 }
             )
-    if checkpoint is not None:
-        views = load_embeddings(checkpoint)
+    if views is not None:
         covs = [covariance(v) for v in views]
         mean_diag = float(torch.diagonal(covs[0]).mean())
         eye = torch.eye(covs[0].shape[0], dtype=F64)
@@ -608,8 +624,12 @@ def summary(df: pd.DataFrame, tol: float = 1e-3) -> pd.DataFrame:
     return sub.set_index(["source", "quantity", "d", "kappa", "scale"])["order"].unstack("scale")
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = base_parser(__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(
+        __doc__,
+        prog="analysis.taylor_order",
+        quick_help="d = 64, three condition numbers, orders 1-16 in powers of 2: about 10 seconds",
+    )
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -625,24 +645,36 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "--orders", type=int, nargs="+", default=None, help="override Taylor orders"
     )
     args = parser.parse_args(argv)
-    df = run(
-        quick=args.quick,
-        out=Path(args.out),
-        seed=args.seed,
-        dims=args.dims,
-        kappas=args.kappas,
-        orders=args.orders,
-        checkpoint=args.checkpoint,
-    )
-    with pd.option_context(
-        "display.width", 200, "display.max_rows", 400, "display.max_columns", 20
-    ):
-        kmax = int(df["kmax"].max())
-        for tol in (1e-2, 1e-3):
-            print(f"order K from which the relative error stays <= {tol:g} (NaN: not by K={kmax})")
-            print(summary(df, tol))
-    return df
+    problem = common_problem(args)
+    if not problem and args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        problem = f"--checkpoint {args.checkpoint}: no such file"
+    if not problem and args.dims and min(args.dims) < 1:
+        problem = f"--dims must be >= 1, got {args.dims}"
+    if not problem and args.kappas and not min(args.kappas) >= 1:
+        problem = f"--kappas must be >= 1 (condition numbers), got {args.kappas}"
+    if not problem and args.orders and min(args.orders) < 1:
+        problem = f"--orders must be >= 1, got {args.orders}"
+    if problem:
+        return fail(problem)
+    try:
+        df, _ = run_and_record(
+            run,
+            quick=args.quick,
+            out=Path(args.out),
+            seed=args.seed,
+            dims=args.dims,
+            kappas=args.kappas,
+            orders=args.orders,
+            checkpoint=args.checkpoint,
+        )
+    except BadInput as exc:  # raised before the studies start
+        return fail(exc)
+    kmax = int(df["kmax"].max())
+    for tol in (1e-2, 1e-3):
+        print(f"order K from which the relative error stays <= {tol:g} (NaN: not by K={kmax})")
+        print_table(summary(df, tol))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

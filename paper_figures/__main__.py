@@ -1,4 +1,8 @@
-"""Regenerate every figure: ``python -m paper_figures [--list] [--only NAME ...] [--quick]``.
+"""Regenerate every figure: ``python -m paper_figures [--list] [--only NAME ...] [--quick] [--force]``.
+
+A figure's data (the analysis CSV in ``--results``) is reused when its metadata records the same
+arguments as the figure asks for, and recomputed otherwise (``paper_figures/_data.py``);
+``--force`` recomputes every table once.
 
 Each figure is a module ``paper_figures/fig_*.py`` defining
 
@@ -18,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # the runner writes files; it never needs a display
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
@@ -25,6 +30,8 @@ import time
 from pathlib import Path
 
 import paper_figures
+from analysis._common import check_out_dir, fail
+from paper_figures._data import forcing
 from paper_figures._style import apply_style
 
 
@@ -49,7 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="make only these figures")
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI, smoke runs)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (CI, smoke runs); from scratch about 10 CPU-minutes, mostly the digits "
+        "training of digits_ssl and seed_gain",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every analysis table, even one made with the same arguments",
+    )
     parser.add_argument("--out", default="figures", help="output folder (default: figures/)")
     parser.add_argument(
         "--results", default="results", help="folder for the analysis CSVs (default: results/)"
@@ -65,15 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(figures)
     unknown = [n for n in selected if n not in figures]
     if unknown:
-        print(f"error: unknown figure(s) {unknown}; known: {sorted(figures)}", file=sys.stderr)
-        return 2
+        return fail(f"unknown figure(s) {unknown}; known: {sorted(figures)}")
+    for flag, folder in (("--out", args.out), ("--results", args.results)):
+        problem = check_out_dir(folder, flag)
+        if problem:
+            return fail(problem)
     apply_style()
     out_dir, results_dir = Path(args.out), Path(args.results)
-    for name in selected:
-        start = time.perf_counter()
-        paths = figures[name].make(out_dir=out_dir, quick=args.quick, results_dir=results_dir)
-        shown = ", ".join(str(p) for p in paths)
-        print(f"[{name}] {time.perf_counter() - start:.1f}s -> {shown}")
+    with forcing() if args.force else contextlib.nullcontext():
+        for name in selected:
+            start = time.perf_counter()
+            paths = figures[name].make(out_dir=out_dir, quick=args.quick, results_dir=results_dir)
+            shown = ", ".join(str(p) for p in paths)
+            print(f"[{name}] {time.perf_counter() - start:.1f}s -> {shown}")
     return 0
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from analysis import collapse
+from analysis._common import run_and_record
 from paper_figures._data import load_or_run
 from paper_figures._style import save_figure
 
@@ -26,7 +27,7 @@ def _load(results_dir: Path, quick: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     load_or_run(collapse, collapse.NAME, results_dir, quick)
     spectra_csv = results_dir / f"{collapse.SPECTRA_NAME}.csv"
     if not spectra_csv.exists():
-        collapse.run(quick=quick, out=results_dir)
+        run_and_record(collapse.run, quick=quick, out=results_dir)
     return pd.read_csv(results_dir / f"{collapse.NAME}.csv"), pd.read_csv(spectra_csv)
 
 

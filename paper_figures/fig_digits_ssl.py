@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import digits_ssl
+from analysis._common import run_and_record
 from paper_figures._data import load_or_run
 from paper_figures._style import save_figure
 
@@ -27,7 +28,7 @@ def _load(results_dir: Path, quick: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = load_or_run(digits_ssl, digits_ssl.NAME, results_dir, quick)
     curves_csv = results_dir / f"{digits_ssl.CURVES_NAME}.csv"
     if not curves_csv.exists():
-        table = digits_ssl.run(quick=quick, out=results_dir)
+        table, _ = run_and_record(digits_ssl.run, quick=quick, out=results_dir)
     return table, pd.read_csv(curves_csv)
 
 

@@ -75,3 +75,16 @@ def test_quick_figure_from_scratch(tmp_path):
     table = pd.read_csv(results / "seed_gain.csv")
     assert set(table["seed"]) == set(seed_gain.QUICK_SEEDS)
     assert set(table["epochs"]) == set(seed_gain.QUICK_EPOCHS)
+
+
+def test_there_is_no_base_seed_option(monkeypatch, capsys):
+    """The seeds are a list (--seeds); --seed used to be accepted and ignored (and argparse would
+    otherwise take it for an abbreviated --seeds)."""
+    calls = []
+    monkeypatch.setattr(seed_gain, "run", lambda *a, **k: calls.append(k))
+    assert seed_gain.main(["--seed", "3", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds" in err[0] and not calls
+    with pytest.raises(SystemExit):
+        seed_gain.main(["--help"])
+    assert "--seed " not in capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from analysis import taylor_order
@@ -54,3 +56,18 @@ def test_order_study_runs_on_a_checkpoint(tmp_path):
     order_rows = real[(real.study == "order") & real.exact.notna()]
     assert len(order_rows) > 0
     assert order_rows.exact.notna().all()
+
+
+def test_a_bad_checkpoint_fails_before_the_studies(tmp_path, monkeypatch):
+    from analysis._common import BadInput
+
+    def no_study(*args, **kwargs):
+        raise AssertionError("the order study started before the checkpoint was read")
+
+    monkeypatch.setattr(taylor_order, "geometric_spectrum", no_study)
+    bad = tmp_path / "emb.npy"
+    np.save(bad, np.zeros((3, 4, 5)))  # neither (N, d) nor (2, N, d)
+    with pytest.raises(BadInput, match="shape"):
+        taylor_order.run(quick=True, out=tmp_path / "res", checkpoint=bad)
+    with pytest.raises(BadInput, match="cannot read"):
+        taylor_order.run(quick=True, out=tmp_path / "res", checkpoint=tmp_path / "missing.pt")
