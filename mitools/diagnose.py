@@ -8,9 +8,16 @@ nothing in the file can run code):
 - a plain state dict (torchvision, DDP, other SSL code), also wrapped as ``{"state_dict": ...}``
   (PyTorch Lightning): needs ``--arch`` (and ``--cifar-stem`` for CIFAR-style ResNets); prefixes
   ``module.``, ``_orig_mod.``, ``backbone.``, ``encoder.``, ``model.`` are stripped, a classifier head ``fc.*`` is dropped; the input channels come from the dataset and
-  ``small_cnn`` widths from the conv weights; layer ``backbone`` only;
+  ``small_cnn`` widths from the conv weights; layer ``backbone`` only (the keys left out, e.g. the
+  ``projector.*`` of a full-model state dict, are named on stderr; a state dict whose first
+  convolution takes another channel count than ``--data`` has is refused with a hint to pass
+  ``--data``);
 - embeddings: a ``.npy`` array or a ``.pt`` file holding a 2-D tensor or a dict with ``z`` (or
-  ``embeddings``) and optionally ``z2`` (a second view, for the alignment).
+  ``embeddings``) and optionally ``z2`` (a second view, for the alignment). Model options
+  (``--data``, ``--layer``, ``--samples``, ...) do not apply and are named in a warning.
+
+Other formats (``.npz``, CSV, pickles) are refused with a one-line message naming the accepted
+ones.
 
 Models are evaluated (eval mode, the dataset's deterministic eval transform) on ``--samples``
 images of ``--data``/``--split`` (default: the checkpoint's dataset and the dataset's eval split;
@@ -19,16 +26,20 @@ a random subset with ``--seed`` when the split is larger). ``--layer`` defaults 
 mean, which dominates the uncentred RankMe: on digits, 5-epoch EMI and MIO backbones measured
 RankMe / d = 0.21-0.22, under the 0.25 threshold, while their projectors measured 0.39-0.41).
 Each layer gets a
-:func:`mitools.spectrum.collapse_report`; the table and verdicts are printed, and ``--out DIR``
-receives ``report.json`` and ``spectrum_<layer>.png`` (log singular values with the effective rank
-marked; cumulative explained variance).
+:func:`mitools.spectrum.collapse_report`; the table and verdicts are printed (a backbone verdict
+with the note that it is indicative only), and ``--out DIR`` receives ``report.json`` and
+``spectrum_<layer>.png`` (log singular values with the effective rank marked; cumulative explained
+variance).
 
 ``--hessian`` (trainer checkpoints only) adds the top eigenvalues, the most negative one and the
 trace of the Hessian of the checkpoint's own training loss with respect to the encoder parameters,
-on 64 frozen augmented view pairs (:func:`checkpoint_hessian`).
+on 64 frozen augmented view pairs (:func:`checkpoint_hessian`); it takes minutes on a CPU, its
+start (the number of parameters and Hessian-vector products) and end are printed on stderr.
 
-Exit codes: 0 report written; 1 only with ``--fail-on collapse`` when a layer is not healthy;
-2 bad input (one-line ``error:`` message; ``--debug`` shows the traceback).
+Exit codes: 0 report written; 1 only with ``--fail-on collapse`` when the judged layer is not
+healthy: the projector whenever it was analysed (with ``--layer both`` the backbone verdict, which
+is indicative only, does not count), else the one layer analysed (backbone of a plain state dict,
+or the embeddings); 2 bad input (one-line ``error:`` message; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -38,8 +49,9 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +81,21 @@ __all__ = [
 EXIT_OK, EXIT_COLLAPSE, EXIT_BAD_INPUT = 0, 1, 2
 LAYERS = ("backbone", "projector")
 EMBEDDING_KEYS = ("z", "embeddings")
+DEFAULT_SAMPLES = 25_600  # images embedded per layer (the RankMe paper's count)
 # Below this, a failure of the spectrum computation is re-raised as is; at or above it, it is
 # reported as an overflow (a float32 Gram of 500 x 32 Gaussian rows overflows near |z| = 1e18).
 HUGE_EMBEDDINGS = 1e15
+ACCEPTED_FORMATS = (
+    "accepted: a .pt trainer checkpoint or state dict, or embeddings as a 2-D .npy array "
+    "(numpy.save) or a .pt file holding a 2-D tensor or a dict with 'z' (or 'embeddings')"
+)
+BACKBONE_CAVEAT = (
+    "the backbone verdict is indicative only: the collapse thresholds are calibrated on "
+    "projector outputs (healthy digits EMI / MIO backbones measured RankMe / d = 0.21-0.22, "
+    "below the 0.25 cut)"
+)
+# Lanczos steps of mitools.hessian.top_eigenvalues at most (its default max_iter, for k <= 50)
+HESSIAN_LANCZOS_STEPS = 200
 HESSIAN_MESSAGE = (
     "--hessian: needs a trainer checkpoint (it holds the training loss in its config); skipped, "
     "the spectrum report is unaffected"
@@ -104,11 +128,14 @@ def checkpoint_hessian(
     k: int = 5,
     n_probes: int = 32,
     seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Hessian summary (:func:`mitools.hessian.hessian_summary`) of the checkpoint's own training
     loss, rebuilt from its config, on :func:`hessian_views`, over all encoder parameters
     (backbone + projector), BatchNorm in eval mode. Stateful losses (EMA covariances) are put in
-    eval mode so that every Hessian-vector product sees the same function."""
+    eval mode so that every Hessian-vector product sees the same function. ``log`` receives a
+    line before the computation (its size: parameters, Hessian-vector products at most) and one
+    after it (the time taken); :func:`hessian_summary` offers no per-product hook."""
     from mitools.hessian import hessian_summary
     from mitools.losses import LOSSES, build_loss
 
@@ -130,7 +157,21 @@ def checkpoint_hessian(
         _, z2 = net(batch[1])
         return loss(z1, z2)
 
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = min(n_params, max(HESSIAN_LANCZOS_STEPS, 4 * k))
+    if log is not None:
+        log(
+            f"Hessian: {n_params} parameters, {int(views[0].shape[0])} frozen view pairs, up to "
+            f"{steps + n_probes} Hessian-vector products ({steps} Lanczos steps at most + "
+            f"{n_probes} trace probes); this can take minutes on a CPU"
+        )
+    start = time.perf_counter()
     summary = hessian_summary(model, loss_fn, views, k=k, n_probes=n_probes, seed=seed)
+    if log is not None:
+        log(
+            f"Hessian: done in {time.perf_counter() - start:.1f} s "
+            f"({summary['lanczos_iterations']} Lanczos steps)"
+        )
     return {"loss_name": loss_cfg["name"], "n_views": int(views[0].shape[0]), **summary}
 
 
@@ -215,6 +256,60 @@ def _small_cnn_widths(state_dict: dict[str, Any]) -> list[int]:
     return [int(w.shape[0]) for w in convs]
 
 
+def _key_sample(mapping: Mapping, n: int = 3) -> str:
+    keys = [str(k) for k in list(mapping)[:n]]
+    return ", ".join(keys) + (", ..." if len(mapping) > n else "")
+
+
+def _key_groups(keys: list[str]) -> str:
+    """``projector.* (8), head.* (2)``: keys grouped by their first component."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        label = f"{k.split('.', 1)[0]}.*" if "." in k else k
+        groups[label] = groups.get(label, 0) + 1
+    return ", ".join(f"{label} ({n})" for label, n in groups.items())
+
+
+def _check_input_channels(
+    path: Path, state: Mapping[str, Any], arch: str, in_channels: int | None
+) -> None:
+    """The first convolution's input channels against the dataset's (``--data``; 3 without it),
+    as a one-line error suggesting ``--data`` instead of an "another architecture" mismatch."""
+    from mitools.data import get_spec, known_datasets
+
+    first = next(
+        ((k, v) for k, v in state.items() if isinstance(v, torch.Tensor) and v.ndim == 4), None
+    )
+    expected = in_channels or 3
+    if first is None or int(first[1].shape[1]) == expected:
+        return
+    key, weight = first
+    stored = int(weight.shape[1])
+    origin = "from --data" if in_channels else "the default, no --data given"
+    fitting = [n for n in known_datasets() if get_spec(n).channels == stored]
+    hint = f" ({', '.join(fitting)})" if fitting else ""
+    raise DiagnoseError(
+        f"{path}: input-channel mismatch: the state dict's first convolution {key} takes "
+        f"{stored}-channel images, the {arch} backbone was built for {expected} ({origin}); "
+        f"pass --data with a {stored}-channel dataset{hint}"
+    )
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file as embeddings; anything else is one line naming the file and the format."""
+    expected = "expected a 2-D numeric array written by numpy.save"
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise DiagnoseError(f"{path}: not a .npy file (no NumPy header); {expected}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # truncated, object arrays (pickle): one line
+        why = "holds pickled objects, refused" if "pickle" in str(exc) else _first_line(exc)
+        raise DiagnoseError(f"{path}: unreadable .npy array ({why}); {expected}") from exc
+    return _check_embeddings(path, "z", arr)
+
+
 def load_input(
     path: str | os.PathLike[str],
     *,
@@ -238,16 +333,16 @@ def load_input(
     if not path.is_file():
         raise DiagnoseError(f"{path}: no such file")
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # empty, truncated, object arrays (pickle): one line
-            raise DiagnoseError(f"{path}: not a readable .npy array: {_first_line(exc)}") from exc
-        return LoadedInput("embeddings", path, embeddings={"z": _check_embeddings(path, "z", arr)})
+        return LoadedInput("embeddings", path, embeddings={"z": _load_npy(path)})
+    if path.suffix in (".npz", ".csv", ".txt", ".pkl", ".pickle"):
+        raise DiagnoseError(f"{path}: {path.suffix} files are not read; {ACCEPTED_FORMATS}")
     obj = _load_torch_file(path)
     if isinstance(obj, torch.Tensor):
         return LoadedInput("embeddings", path, embeddings={"z": _check_embeddings(path, "z", obj)})
     if not isinstance(obj, dict):
-        raise DiagnoseError(f"{path}: holds a {type(obj).__name__}, not a tensor or a dict")
+        raise DiagnoseError(
+            f"{path}: holds a {type(obj).__name__}, not a tensor or a dict; {ACCEPTED_FORMATS}"
+        )
     key = next((k for k in EMBEDDING_KEYS if k in obj), None)
     if key is not None:
         z = _check_embeddings(path, key, obj[key])
@@ -294,18 +389,26 @@ def load_input(
         if not _all_tensors(obj):
             raise DiagnoseError(
                 f"{path}: neither a checkpoint, a state dict nor embeddings (keys: "
-                f"{sorted(map(str, obj))[:6]})"
+                f"{sorted(map(str, obj))[:6]}; embeddings go under the key 'z' or 'embeddings')"
             )
         if arch is None:
             raise DiagnoseError(
-                f"{path}: a plain state dict ({len(obj)} tensors); pass --arch "
-                "(resnet18|resnet50|small_cnn) and --cifar-stem if it applies"
+                f"{path}: a plain state dict ({len(obj)} tensors: {_key_sample(obj)}); pass "
+                "--arch (resnet18|resnet50|small_cnn) and --cifar-stem if it applies (embeddings "
+                "must be stored under the key 'z' or 'embeddings')"
             )
         _check_finite_weights(path, obj)
         state = strip_prefixes(obj)
         if any(k.startswith("backbone.") for k in state):
+            dropped = [k for k in state if not k.startswith("backbone.")]
             state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
-            notes.append("kept the backbone.* entries of the state dict")
+            note = "kept the backbone.* entries of the state dict"
+            if dropped:
+                note += (
+                    f"; left out {len(dropped)} others ({_key_groups(dropped)}): the projector "
+                    "of a plain state dict is not loaded, only the backbone is diagnosed"
+                )
+            notes.append(note)
         head = [k for k in state if k.startswith("fc.")]
         if head:
             state = {k: v for k, v in state.items() if k not in head}
@@ -317,6 +420,7 @@ def load_input(
             widths = _small_cnn_widths(state)
             if widths:
                 spec_kw["widths"] = widths
+        _check_input_channels(path, state, arch, in_channels)
         spec = EncoderSpec(**spec_kw)
         model = build_encoder_from_checkpoint_dict(spec, state, backbone_only=True)
     except StateDictMismatchError as exc:
@@ -438,6 +542,8 @@ def format_table(reports: dict[str, CollapseReport]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
     for layer, r in reports.items():
         lines.append(f"{layer}: {r.verdict.upper()} - " + "; ".join(r.reasons))
+        if layer == "backbone":
+            lines.append(f"{layer}: note: {BACKBONE_CAVEAT}")
         lines.extend(f"{layer}: warning: {w}" for w in r.warnings)
     return "\n".join(lines)
 
@@ -490,19 +596,29 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="checkpoint (.pt), state dict, or embeddings (.npy / .pt)")
     p.add_argument("--data", help="digits | NAME:ROOT (default: the checkpoint's dataset)")
     p.add_argument("--split", help="dataset split (default: the dataset's eval split)")
-    p.add_argument("--samples", type=int, default=25_600, help="images to embed (RankMe: 25,600)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        help=f"images to embed (default {DEFAULT_SAMPLES:,}, as RankMe); models only",
+    )
     p.add_argument(
         "--layer",
         choices=["backbone", "projector", "both"],
         help="default: projector when the model has one (the layer the objective shapes), "
         "else backbone. The collapse thresholds were calibrated on projector outputs: healthy "
         "digits EMI / MIO backbones measured RankMe / d = 0.21-0.22, below the 0.25 cut, so "
-        "backbone verdicts are indicative only",
+        "backbone verdicts are indicative only (said under the table)",
     )
     p.add_argument("--hessian", action="store_true", help="also summarise the loss Hessian")
     p.add_argument("--out", type=Path, help="folder for report.json and spectrum plots")
     p.add_argument("--format", choices=["text", "json"], default="text")
-    p.add_argument("--fail-on", choices=["collapse"], help="exit 1 when a layer is not healthy")
+    p.add_argument(
+        "--fail-on",
+        choices=["collapse"],
+        help="exit 1 when the judged layer is not healthy: the projector when it was analysed "
+        "(with --layer both the backbone verdict, indicative only, does not count), else the "
+        "only layer analysed",
+    )
     p.add_argument("--arch", choices=["resnet18", "resnet50", "small_cnn"])
     p.add_argument("--cifar-stem", action="store_true", help="ResNet with the 3x3 CIFAR stem")
     p.add_argument("--batch-size", type=int, default=256)
@@ -513,8 +629,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.samples < 2:
-        raise DiagnoseError(f"--samples must be >= 2, got {args.samples}")
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples
+    if samples < 2:
+        raise DiagnoseError(f"--samples must be >= 2, got {samples}")
     if args.out is not None:
         _check_out_dir(args.out)
     data_name, data_root = parse_data_arg(args.data) if args.data else (None, None)
@@ -564,6 +681,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"{loaded.path}: layer {args.layer!r} is not available for a {loaded.kind} "
                 f"(available: {', '.join(loaded.layers)})"
             )
+        for note in loaded.notes:  # after the checks: an error stays the only line
+            print(f"note: {note}", file=sys.stderr)
         device = args.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -572,14 +691,16 @@ def _run(args: argparse.Namespace) -> int:
             loaded.model,
             dataset,
             layers,
-            samples=args.samples,
+            samples=samples,
             batch_size=args.batch_size,
             seed=args.seed,
             device=device,
         )
         meta.update(data=data_name, root=str(root) if root else None, split=split)
         if args.hessian and loaded.kind == "checkpoint":
-            meta["hessian"] = checkpoint_hessian(loaded, data_name, root, seed=args.seed)
+            meta["hessian"] = checkpoint_hessian(
+                loaded, data_name, root, seed=args.seed, log=lambda m: print(m, file=sys.stderr)
+            )
     try:
         reports = diagnose(embeddings, second_view=loaded.second_view, seed=args.seed)
     except DiagnoseError as exc:
@@ -590,11 +711,11 @@ def _run(args: argparse.Namespace) -> int:
     result = {
         **meta,
         "hessian": meta.pop("hessian", HESSIAN_MESSAGE if args.hessian else None),
-        "layers": {layer: r.to_dict(spectra=False) for layer, r in reports.items()},
+        "layers": {layer: _layer_dict(layer, r, spectra=False) for layer, r in reports.items()},
     }
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        full = {**result, "layers": {k: r.to_dict() for k, r in reports.items()}}
+        full = {**result, "layers": {k: _layer_dict(k, r) for k, r in reports.items()}}
         tmp = args.out / ".report.json.tmp"
         tmp.write_text(json.dumps(full, indent=2, default=_json_default))
         os.replace(tmp, args.out / "report.json")
@@ -616,9 +737,22 @@ def _run(args: argparse.Namespace) -> int:
             )
         if args.out is not None:
             print(f"wrote {args.out / 'report.json'} and spectrum plots")
-    if args.fail_on == "collapse" and any(r.collapsed for r in reports.values()):
+    if args.fail_on == "collapse" and _judged(reports).collapsed:
         return EXIT_COLLAPSE
     return EXIT_OK
+
+
+def _judged(reports: dict[str, CollapseReport]) -> CollapseReport:
+    """The report ``--fail-on`` judges: the projector's when there is one (backbone verdicts are
+    indicative only), else the only layer's."""
+    return reports.get("projector") or next(iter(reports.values()))
+
+
+def _layer_dict(layer: str, report: CollapseReport, spectra: bool = True) -> dict[str, Any]:
+    out = report.to_dict(spectra=spectra)
+    if layer == "backbone":
+        out["note"] = BACKBONE_CAVEAT
+    return out
 
 
 def _ignored_options(args: argparse.Namespace, kind: str) -> list[str]:
@@ -628,6 +762,7 @@ def _ignored_options(args: argparse.Namespace, kind: str) -> list[str]:
         for flag, value in (
             ("--arch", args.arch), ("--cifar-stem", args.cifar_stem), ("--data", args.data),
             ("--split", args.split), ("--layer", args.layer),
+            ("--samples", args.samples is not None),
         )
         if value
     ]  # fmt: skip

@@ -428,3 +428,129 @@ def test_options_that_do_not_apply_are_named(tmp_path, capsys):
     assert "warning: --arch ignored: the checkpoint stores its encoder" in err
     code, _, err = _run([path, "--samples", 64], capsys)
     assert code == EXIT_OK and "ignored" not in err
+
+
+# ----------------------------------------------------------------------------- audit 10
+
+
+def test_full_model_state_dict_names_the_left_out_projector_and_the_caveat(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "model_sd.pt"
+    torch.save(SSLModel(SPEC).state_dict(), path)  # backbone.* and projector.* keys
+    args = [path, "--arch", "small_cnn", "--data", "digits", "--samples", 64]
+    code, text, err = _run(args, capsys)
+    assert code == EXIT_OK, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1, err
+    assert (
+        "projector.* (" in notes[0]
+        and "projector of a plain state dict is not loaded" in (notes[0])
+    )
+    assert "backbone: note: the backbone verdict is indicative only" in text
+    code, text, _ = _run([*args, "--format", "json"], capsys)
+    assert code == EXIT_OK
+    assert "indicative only" in json.loads(text)["layers"]["backbone"]["note"]
+
+
+def test_projector_verdict_has_no_caveat(trainer_ckpt, capsys):
+    code, text, err = _run([trainer_ckpt, "--samples", 64], capsys)
+    assert code == EXIT_OK, err
+    assert "indicative only" not in text
+
+
+def _fake_embed(backbone_healthy: bool, projector_healthy: bool):
+    rng = np.random.default_rng(0)
+    healthy = rng.standard_normal((300, 16))
+    collapsed = rng.standard_normal((300, 1)) @ rng.standard_normal((1, 16))  # rank 1
+    made = {
+        "backbone": healthy if backbone_healthy else collapsed,
+        "projector": healthy if projector_healthy else collapsed,
+    }
+    return lambda model, dataset, layers, **kw: {layer: made[layer] for layer in layers}
+
+
+@pytest.mark.parametrize(
+    ("backbone_ok", "projector_ok", "layer", "expected"),
+    [
+        (False, True, "both", EXIT_OK),  # a healthy EMI run: backbone under the cut, not judged
+        (True, False, "both", EXIT_COLLAPSE),
+        (False, True, "backbone", EXIT_COLLAPSE),  # the only layer analysed is judged
+        (False, True, "projector", EXIT_OK),
+    ],
+)
+def test_fail_on_judges_the_projector_when_both_are_computed(
+    trainer_ckpt, capsys, monkeypatch, backbone_ok, projector_ok, layer, expected
+):
+    monkeypatch.setattr(diagnose_module, "embed", _fake_embed(backbone_ok, projector_ok))
+    code, text, err = _run([trainer_ckpt, "--layer", layer, "--fail-on", "collapse"], capsys)
+    assert code == expected, text + err
+    if layer == "both":
+        assert "COLLAPSE" in text and "HEALTHY" in text
+
+
+def test_fail_on_help_and_docstring_say_what_is_judged(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--fail-on" in text and "the projector when it was analysed" in text
+    doc = " ".join(diagnose_module.__doc__.split())
+    assert "the backbone verdict, which is indicative only, does not count" in doc
+
+
+def _grey_resnet18_state():
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_channel_mismatch_names_input_channels_and_suggests_data(arch, tmp_path, capsys):
+    torch.manual_seed(0)
+    state = SSLModel(SPEC).backbone.state_dict() if arch == "small_cnn" else _grey_resnet18_state()
+    path = tmp_path / f"{arch}.pt"
+    torch.save(state, path)
+    extra = ["--cifar-stem"] if arch == "resnet18" else []
+    code, _, err = _run([path, "--arch", arch, *extra], capsys)
+    line = _assert_bad_input(code, err, "input-channel mismatch", "1-channel", "pass --data")
+    assert "digits" in line and "another architecture" not in line
+    # and with --data for a 3-channel dataset: the dataset's channels are named
+    code, _, err = _run([path, "--arch", arch, *extra, "--data", "cifar10:/nowhere"], capsys)
+    _assert_bad_input(code, err, "input-channel mismatch", "built for 3 (from --data)")
+
+
+def test_npz_and_other_formats_name_the_accepted_ones(tmp_path, capsys):
+    np.savez(tmp_path / "z.npz", a=np.zeros((10, 4)))
+    (tmp_path / "z.csv").write_text("1,2\n3,4\n")
+    for name in ("z.npz", "z.csv"):
+        code, _, err = _run([tmp_path / name], capsys)
+        _assert_bad_input(code, err, name, "accepted:", ".npy", "'z'")
+
+
+def test_embeddings_under_another_key_name_the_expected_key(tmp_path, capsys):
+    torch.save({"emb": torch.randn(100, 8)}, tmp_path / "dict.pt")
+    code, _, err = _run([tmp_path / "dict.pt"], capsys)
+    _assert_bad_input(code, err, "--arch", "under the key 'z' or 'embeddings'")
+
+
+@pytest.mark.parametrize("content", ["garbage", "objects"])
+def test_bad_npy_is_one_short_line(content, tmp_path, capsys):
+    path = tmp_path / "bad.npy"
+    if content == "garbage":
+        path.write_bytes(os.urandom(256))
+    else:
+        np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    code, _, err = _run([path], capsys)
+    line = _assert_bad_input(code, err, str(path), "expected a 2-D numeric array")
+    assert "allow_pickle" not in line and "pickle.load" not in line
+
+
+def test_samples_on_embeddings_is_named_as_ignored(tmp_path, capsys):
+    np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((50, 8)))
+    code, _, err = _run([tmp_path / "z.npy", "--samples", 10, "--data", "digits"], capsys)
+    assert code == EXIT_OK, err
+    assert "warning: --data, --samples ignored: the input is embeddings" in err
+    code, _, err = _run([tmp_path / "z.npy"], capsys)
+    assert code == EXIT_OK and "ignored" not in err

@@ -75,3 +75,16 @@ def test_hessian_text_output(tmp_path, capsys):
     assert main([str(path), "--hessian", "--samples", "64"]) == 0
     out = capsys.readouterr().out
     assert "Hessian of the mio loss" in out and "top eigenvalues" in out
+
+
+def test_hessian_start_and_end_lines(tmp_path, capsys):
+    # minutes of silence on a real model: the size is said before, the time after
+    path = tmp_path / "last.pt"
+    model = _checkpoint(path)
+    assert main([str(path), "--hessian", "--samples", "64", "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    n_params = sum(p.numel() for p in model.parameters())
+    start = next(ln for ln in err.splitlines() if ln.startswith("Hessian: "))
+    assert f"{n_params} parameters" in start and "Hessian-vector products" in start
+    assert "64 frozen view pairs" in start
+    assert any(ln.startswith("Hessian: done in ") for ln in err.splitlines()), err

@@ -163,6 +163,8 @@ def _unwritable_outs(tmp_path: Path) -> list[tuple[str, str]]:
     ]
     if Path("/proc/self").is_dir():
         outs.append(("/proc/nope/r.json", "cannot create folder /proc/nope"))
+        # /proc exists but refuses new files (ENOENT): not "folder /proc is not writable"
+        outs.append(("/proc/r.json", "cannot create a file in folder /proc (it exists but"))
     return outs
 
 
@@ -239,6 +241,7 @@ def test_corrupt_checkpoint_is_one_line_error(ckpt, tmp_path, capsys, no_evaluat
         (["--lr", "nan"], "--lr must be a finite number > 0"),
         (["--data", "digitz"], "unknown dataset 'digitz'"),
         (["--device", "foo"], "--device 'foo' is not a torch device"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_before_work(ckpt, capsys, no_evaluation, extra, msg):
@@ -374,3 +377,64 @@ def test_out_json_mode_follows_umask(ckpt, tmp_path, monkeypatch):
             assert [f.name for f in out.parent.iterdir()] == ["r.json"]
     finally:
         os.umask(old)
+
+
+# ----------------------------------------------------------------------------- audit 10
+
+
+@pytest.mark.parametrize(
+    ("extra", "ignored"),
+    [
+        (["--protocol", "cached", "--epochs", "3", "--lr", "0.5"], "--epochs, --lr ignored"),
+        (["--protocol", "cached", "--solver", "sgd", "--epochs=3", "--lr", "0.5"],
+         "--epochs ignored"),
+        (["--steps", "5", "--solver", "sgd"], "--solver, --steps ignored"),
+        (["--protocol", "augmented", "--steps", "5"], "--steps ignored"),
+        (["--protocol", "cached", "--steps", "5", "--solver", "sgd", "--lr", "0.5"], None),
+        (["--epochs", "3", "--lr", "0.5"], None),
+    ],
+)  # fmt: skip
+def test_flags_the_protocol_does_not_use_are_warned(ckpt, capsys, monkeypatch, extra, ignored):
+    monkeypatch.setattr(linear_eval, "evaluate_backbone", lambda *a, **k: _fake_result())
+    assert linear_eval.main(["--checkpoint", str(ckpt), "--knn-k", "20", *extra]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "ignored" in ln]
+    if ignored is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"warning: {ignored} with --protocol")
+
+
+def test_knn_k_cap_is_said(ckpt, capsys):
+    argv = ["--checkpoint", str(ckpt), "--protocol", "cached", "--steps", "2",
+            "--labels-per-class", "5"]  # fmt: skip
+    assert linear_eval.main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["knn_k"] == 50
+    lines = [ln for ln in captured.err.splitlines() if "--knn-k" in ln]
+    assert len(lines) == 1 and "k = 50, not --knn-k 200" in lines[0]
+    assert "capped at the number of probe training images (50)" in lines[0]
+
+
+def test_too_many_labels_per_class_names_the_flag(ckpt, capsys):
+    argv = ["--checkpoint", str(ckpt), "--protocol", "cached", "--labels-per-class", "1000"]
+    assert linear_eval.main(argv) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: --labels-per-class 1000: class ") and "use at most" in line
+    with pytest.raises(linear_eval.LabelsPerClassError, match="labels_per_class=1000"):
+        linear_eval.evaluate_backbone(torch.nn.Identity(), "digits", labels_per_class=1000)
+
+
+def test_plain_state_dict_points_to_diagnose(tmp_path, capsys, no_evaluation):
+    path = tmp_path / "sd.pt"
+    torch.save(SSLModel(_small_spec()).state_dict(), path)
+    wrapped = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": SSLModel(_small_spec()).state_dict(), "epoch": 1}, wrapped)
+    for bad in (path, wrapped):
+        assert linear_eval.main(["--checkpoint", str(bad)]) == 2
+        line = _one_line_error(capsys.readouterr().err)
+        assert str(bad) in line and "a plain state dict" in line
+        assert f"python -m mitools.diagnose {bad} --arch" in line
+    other = tmp_path / "other.pt"
+    torch.save({"epoch": 1, "notes": "x"}, other)  # not a state dict: the keys are listed
+    assert linear_eval.main(["--checkpoint", str(other)]) == 2
+    assert "missing required keys" in _one_line_error(capsys.readouterr().err)

@@ -28,7 +28,8 @@ Protocol (stated, as every option here):
   the solver and the weight decay used.
 * kNN (Wu et al. 2018 InstDisc; solo-learn): L2-normalised features, the k nearest training
   features by cosine similarity s, each votes for its class with weight ``exp(s / T)``;
-  k = 200, T = 0.07 by default (k is capped at the number of training samples).
+  k = 200, T = 0.07 by default (k is capped at the number of training samples; the CLI says so
+  on stderr when it applies, e.g. ``--labels-per-class 10`` on digits leaves 100).
 * ``labels_per_class`` N: the probe/kNN training set is the first N images of each class under a
   permutation drawn from ``numpy.random.default_rng(seed)`` (the evaluation split is untouched).
 
@@ -36,7 +37,10 @@ Bad input (missing or corrupt checkpoint, a folder given as checkpoint, unknown 
 whose channel count differs from the checkpoint encoder's ``in_channels``, non-positive counts, an
 output path that cannot be written, ...) is a one-line ``error: ...`` on stderr and exit status 2,
 before any evaluation runs; a dataset missing under ``--root`` is reported the same way when it is
-first opened, before any feature is computed (linear_eval never downloads).
+first opened, before any feature is computed (linear_eval never downloads). A plain state dict
+(no ``encoder_spec``) is refused with a pointer to ``python -m mitools.diagnose --arch``. Options
+that the chosen protocol does not use (``--epochs`` with cached; ``--lr`` with cached L-BFGS;
+``--solver`` / ``--steps`` with augmented) are named in a one-line warning on stderr.
 
 Output: the JSON (stdout, and ``--out`` if given) holds ``checkpoint``, ``data``, ``epoch`` (of
 the checkpoint), ``seed`` (label subset, augmentations, probe order), ``ema`` (true: the momentum
@@ -48,6 +52,7 @@ in the same folder, then ``os.replace``; mode ``0o666 & ~umask`` as for a normal
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import json
 import math
@@ -64,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "LabelsPerClassError",
     "ProbeResult",
     "extract_features",
     "knn_predict",
@@ -77,6 +83,15 @@ __all__ = [
 ]
 
 PROTOCOLS = ("augmented", "cached")
+
+
+class LabelsPerClassError(ValueError):
+    """``labels_per_class`` exceeds the images of a class in the training split; ``detail`` says
+    which class and how many it has."""
+
+    def __init__(self, labels_per_class: int, detail: str) -> None:
+        super().__init__(f"labels_per_class={labels_per_class}: {detail}")
+        self.detail = detail
 
 
 @dataclass
@@ -427,7 +442,16 @@ def evaluate_backbone(
     eval_ds = build_dataset(data, root, spec.eval_split, transform=tf)
     idx = None
     if labels_per_class is not None:
-        idx = subsample_per_class(_dataset_labels(train_ds), labels_per_class, seed)
+        labels = _dataset_labels(train_ds)
+        counts = np.bincount(labels[labels >= 0])
+        smallest = int(np.argmin(counts))
+        if counts[smallest] < labels_per_class:
+            raise LabelsPerClassError(
+                labels_per_class,
+                f"class {smallest} has only {int(counts[smallest])} images in the {data} "
+                f"{spec.train_split!r} split; use at most {int(counts[smallest])}",
+            )
+        idx = subsample_per_class(labels, labels_per_class, seed)
     backbone = backbone.to(device)
     kw = dict(batch_size=batch_size, device=device, num_workers=num_workers)
     tr_x, tr_y = extract_features(backbone, train_ds, indices=idx, max_samples=max_train, **kw)
@@ -474,7 +498,7 @@ def load_backbone(checkpoint: str | os.PathLike, *, ema: bool = False) -> tuple[
     ValueError (:class:`mitools.checkpoint.CheckpointError`, or a state dict for another
     architecture). ``ema=True`` loads the momentum encoder's weights (ValueError if none stored).
     """
-    from mitools.checkpoint import load_checkpoint
+    from mitools.checkpoint import CheckpointError, load_checkpoint
     from mitools.models import build_encoder_from_checkpoint_dict
 
     if Path(checkpoint).is_dir():
@@ -485,7 +509,20 @@ def load_backbone(checkpoint: str | os.PathLike, *, ema: bool = False) -> tuple[
             else "; pass a checkpoint file (the trainer writes RUN_DIR/last.pt)"
         )
         raise IsADirectoryError(f"{checkpoint} is a directory, not a checkpoint file{hint}")
-    state = load_checkpoint(checkpoint, map_location="cpu", required=("model", "encoder_spec"))
+    state = load_checkpoint(checkpoint, map_location="cpu", required=())
+    missing = [k for k in ("model", "encoder_spec") if k not in state]
+    if missing:
+        plain = state.get("state_dict", state)
+        if isinstance(plain, dict) and plain and all(isinstance(v, Tensor) for v in plain.values()):
+            raise CheckpointError(
+                f"{checkpoint}: a plain state dict ({len(plain)} tensors), not a trainer "
+                "checkpoint (no 'encoder_spec' to rebuild the encoder from); linear_eval needs a "
+                f"trainer checkpoint; for a state dict run: python -m mitools.diagnose "
+                f"{checkpoint} --arch ARCH --data NAME"
+            )
+        raise CheckpointError(
+            f"{checkpoint}: missing required keys {missing} (has {sorted(state)[:12]})"
+        )
     weights = state["model"]
     if ema:
         if not state.get("ema"):
@@ -515,6 +552,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--weight-decay must be a finite number >= 0, got {args.weight_decay}"
     if args.num_workers < 0:
         return f"--num-workers must be >= 0, got {args.num_workers}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -544,6 +583,12 @@ def _check_out_path(out: str) -> str | None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
     except OSError as exc:
+        if exc.errno == errno.ENOENT:  # the folder exists (made above): e.g. /proc refuses files
+            return (
+                f"--out {out}: cannot create a file in folder {folder.absolute()} (it exists but "
+                "refuses new files, as virtual file systems such as /proc do); choose another "
+                "folder"
+            )
         return f"--out {out}: folder {folder} is not writable ({exc.strerror or exc})"
     os.close(fd)
     os.unlink(tmp)
@@ -635,6 +680,39 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given_options(argv: list[str] | None, args: argparse.Namespace) -> set[str]:
+    """The destinations of the options given on the command line (not left at their default):
+    argparse fills in a default only for names the namespace does not hold yet."""
+    unset = object()
+    namespace = argparse.Namespace(**{name: unset for name in vars(args)})
+    _build_parser().parse_args(argv, namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def _ignored_flags(args: argparse.Namespace, given: set[str]) -> str | None:
+    """One line naming the given options that the chosen protocol does not use, or None."""
+    if args.protocol == "cached":
+        flags = ["--epochs"] if "epochs" in given else []
+        if "lr" in given and args.solver != "sgd":
+            flags.append("--lr")
+        if not flags:
+            return None
+        why = "--epochs is for --protocol augmented" if "--epochs" in flags else ""
+        if "--lr" in flags:
+            why += ("; " if why else "") + "--lr for --protocol augmented or --solver sgd"
+        return (
+            f"{', '.join(flags)} ignored with --protocol cached --solver {args.solver}, which "
+            f"trains for --steps {args.steps} ({why})"
+        )
+    flags = [f"--{name}" for name in ("solver", "steps") if name in given]
+    if not flags:
+        return None
+    return (
+        f"{', '.join(flags)} ignored with --protocol {args.protocol}, which trains SGD for "
+        f"--epochs {args.epochs} (--solver and --steps are for --protocol cached)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from mitools.checkpoint import atomic_write_text
     from mitools.data.datasets import get_spec
@@ -648,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_args(args)
     if problem:
         return fail(problem)
+    ignored = _ignored_flags(args, _given_options(argv, args))
+    if ignored:
+        print(f"warning: {ignored}", file=sys.stderr)
     try:
         backbone, state = load_backbone(args.checkpoint, ema=args.ema)
     except (ValueError, FileNotFoundError, IsADirectoryError) as exc:  # CheckpointError: ValueError
@@ -682,8 +763,16 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except FileNotFoundError as exc:
         return fail(_data_missing_message(exc))
+    except LabelsPerClassError as exc:
+        return fail(f"--labels-per-class {args.labels_per_class}: {exc.detail}")
     except ValueError as exc:
         return fail(exc)
+    if result.knn_top1 is not None and result.knn_k < args.knn_k:
+        print(
+            f"warning: kNN used k = {result.knn_k}, not --knn-k {args.knn_k}: k is capped at the "
+            f"number of probe training images ({result.n_train})",
+            file=sys.stderr,
+        )
     out = {
         "checkpoint": str(args.checkpoint), "data": data, "epoch": state.get("epoch"),
         "seed": args.seed, "ema": bool(args.ema),
