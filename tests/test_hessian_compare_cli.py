@@ -14,19 +14,7 @@ import pandas as pd
 import pytest
 
 from analysis import digits_runs, hessian_compare
-
-TINY = (
-    "train.max_steps_per_epoch=1",
-    "train.deterministic=true",
-    "train.progress=false",
-    "train.tensorboard=false",
-    "data.batch_size=32",
-    "model.widths=[8, 16, 16]",
-    "model.projector_dims=[16, 8]",
-    "eval.max_samples=64",
-    "eval.probe_steps=5",
-    "eval.knn_k=5",
-)
+from tests.test_digits_runs import TINY  # the same tiny digits runs
 
 
 @pytest.fixture(scope="module")
