@@ -526,7 +526,11 @@ def format_table(reports: dict[str, CollapseReport]) -> str:
         ("normalized std", lambda r: fmt(r.normalized_std)),
         ("  healthy 1/sqrt(d)", lambda r: fmt(r.normalized_std_healthy)),
         ("uniformity (t=2)", lambda r: fmt(r.uniformity)),
-        ("alignment (alpha=2)", lambda r: fmt(r.alignment)),
+        # positive pairs are needed: only embeddings saved with a second view (z2) have them
+        (
+            "alignment (alpha=2)",
+            lambda r: "- (needs z2)" if r.alignment is None else fmt(r.alignment),
+        ),
         ("verdict", lambda r: r.verdict),
     ]
     for name, get in stats:

@@ -554,3 +554,19 @@ def test_samples_on_embeddings_is_named_as_ignored(tmp_path, capsys):
     assert "warning: --data, --samples ignored: the input is embeddings" in err
     code, _, err = _run([tmp_path / "z.npy"], capsys)
     assert code == EXIT_OK and "ignored" not in err
+
+
+def test_alignment_row_says_why_it_is_empty():
+    """Alignment needs positive pairs: the table says so instead of a bare '-' without z2, and
+    shows the value (mean squared distance of the normalised pairs) with it."""
+    from mitools.diagnose import format_table
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((200, 16))
+    row = [
+        line for line in format_table({"z": collapse_report(z)}).splitlines() if "alignment" in line
+    ]
+    assert row and row[0].split()[-3:] == ["-", "(needs", "z2)"]
+    report = collapse_report(z, z2=z)  # identical views: alignment 0
+    row = [line for line in format_table({"z": report}).splitlines() if "alignment" in line]
+    assert row[0].split()[-1] == "0"

@@ -625,8 +625,9 @@ def _data_missing_message(exc: FileNotFoundError) -> str:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m trainers.linear_eval",
         description="Linear probe and kNN on a frozen backbone; results as JSON. Bad input is a "
-        "one-line error (exit status 2) before any evaluation."
+        "one-line error (exit status 2) before any evaluation.",
     )
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
     parser.add_argument("--data", default=None, help="dataset name (default: the run's)")

@@ -1365,7 +1365,9 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="MI-based SSL pre-training")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers.pretrain", description="MI-based SSL pre-training"
+    )
     parser.add_argument("--config", default=None, help="YAML config (default: digits + EMI)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.5 (repeatable)")  # fmt: skip
