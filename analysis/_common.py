@@ -4,11 +4,13 @@ errors), results folder, CSV writing with metadata, progress bars."""
 from __future__ import annotations
 
 import argparse
+import contextvars
 import inspect
 import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -108,22 +110,33 @@ def print_table(df: pd.DataFrame, **kwargs) -> None:
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, meta: dict | None = None) -> Path:
-    """Write ``name.csv`` atomically (temp file + rename) and, if given, ``name.json`` metadata."""
+    """Write ``name.csv`` and, if given, ``name.json`` metadata, each atomically
+    (:func:`mitools.checkpoint.atomic_write_text`). Inside :func:`run_and_record` for this folder,
+    the metadata also holds the run's arguments and the table is listed as written."""
+    from mitools.checkpoint import atomic_write_text
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    path = atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
+    recording = _RECORDING.get()
+    if recording is not None and recording.folder == out.resolve():
+        meta = {**(meta or {}), ARGUMENTS_KEY: recording.arguments}
+        recording.written.append(path)
     if meta is not None:
-        _write_json(out / f"{name}.json", meta)
+        atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, default=str))
     return path
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+@dataclass
+class _Recording:
+    folder: Path
+    arguments: dict
+    written: list[Path]
+
+
+# The run_and_record call in progress (None outside one); write_table reads it.
+_RECORDING: contextvars.ContextVar[_Recording | None] = contextvars.ContextVar(
+    "_RECORDING", default=None
+)
 
 
 def run_arguments(run: Callable, **kwargs) -> dict:
@@ -148,28 +161,15 @@ def recorded_arguments(out_dir: str | Path, name: str) -> dict | None:
 
 
 def run_and_record(run: Callable, *, out: str | Path, **kwargs) -> tuple[object, list[Path]]:
-    """``run(out=out, **kwargs)``, then store :func:`run_arguments` in the metadata of every table
-    it wrote to ``out``, so that :func:`paper_figures._data.load_or_run` reuses a table only when
-    it was made with the same arguments. Returns what ``run`` returns and the tables (CSV paths)
-    it wrote."""
+    """``run(out=out, **kwargs)``, storing :func:`run_arguments` in the metadata of every table
+    it writes to ``out`` (through :func:`write_table`), so that
+    :func:`paper_figures._data.load_or_run` reuses a table only when it was made with the same
+    arguments. Returns what ``run`` returns and the tables (CSV paths) it wrote."""
     out = Path(out)
-    arguments = run_arguments(run, out=out, **kwargs)
-    before = _json_stamps(out)
-    result = run(out=out, **kwargs)
-    written = []
-    for path, stamp in _json_stamps(out).items():
-        if before.get(path) != stamp and path.with_suffix(".csv").exists():
-            meta = json.loads(path.read_text())
-            _write_json(path, {**meta, ARGUMENTS_KEY: arguments})
-            written.append(path.with_suffix(".csv"))
-    return result, written
-
-
-def _json_stamps(folder: Path) -> dict[Path, tuple[int, int, int]]:
-    if not folder.is_dir():
-        return {}
-    stamps = {}
-    for p in folder.glob("*.json"):
-        st = p.stat()
-        stamps[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    return stamps
+    recording = _Recording(out.resolve(), run_arguments(run, out=out, **kwargs), [])
+    token = _RECORDING.set(recording)
+    try:
+        result = run(out=out, **kwargs)
+    finally:
+        _RECORDING.reset(token)
+    return result, recording.written
