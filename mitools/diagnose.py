@@ -34,7 +34,7 @@ variance).
 ``--hessian`` (trainer checkpoints only) adds the top eigenvalues, the most negative one and the
 trace of the Hessian of the checkpoint's own training loss with respect to the encoder parameters,
 on 64 frozen augmented view pairs (:func:`checkpoint_hessian`); it takes minutes on a CPU, its
-start (the number of parameters and Hessian-vector products) and end are printed on stderr.
+start (its size: parameters, view pairs, probes) and end are printed on stderr.
 
 Exit codes: 0 report written; 1 only with ``--fail-on collapse`` when the judged layer is not
 healthy: the projector whenever it was analysed (with ``--layer both`` the backbone verdict, which
@@ -94,8 +94,6 @@ BACKBONE_CAVEAT = (
     "projector outputs (healthy digits EMI / MIO backbones measured RankMe / d = 0.21-0.22, "
     "below the 0.25 cut)"
 )
-# Lanczos steps of mitools.hessian.top_eigenvalues at most (its default max_iter, for k <= 50)
-HESSIAN_LANCZOS_STEPS = 200
 HESSIAN_MESSAGE = (
     "--hessian: needs a trainer checkpoint (it holds the training loss in its config); skipped, "
     "the spectrum report is unaffected"
@@ -134,7 +132,7 @@ def checkpoint_hessian(
     loss, rebuilt from its config, on :func:`hessian_views`, over all encoder parameters
     (backbone + projector), BatchNorm in eval mode. Stateful losses (EMA covariances) are put in
     eval mode so that every Hessian-vector product sees the same function. ``log`` receives a
-    line before the computation (its size: parameters, Hessian-vector products at most) and one
+    line before the computation (its size: parameters, view pairs, probes) and one
     after it (the time taken); :func:`hessian_summary` offers no per-product hook."""
     from mitools.hessian import hessian_summary
     from mitools.losses import LOSSES, build_loss
@@ -157,13 +155,12 @@ def checkpoint_hessian(
         _, z2 = net(batch[1])
         return loss(z1, z2)
 
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps = min(n_params, max(HESSIAN_LANCZOS_STEPS, 4 * k))
     if log is not None:
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(
-            f"Hessian: {n_params} parameters, {int(views[0].shape[0])} frozen view pairs, up to "
-            f"{steps + n_probes} Hessian-vector products ({steps} Lanczos steps at most + "
-            f"{n_probes} trace probes); this can take minutes on a CPU"
+            f"Hessian: {n_params} parameters, {int(views[0].shape[0])} frozen view pairs; "
+            f"Hessian-vector products: one per Lanczos step (top {k} eigenvalues) and per trace "
+            f"probe ({n_probes}); this can take minutes on a CPU"
         )
     start = time.perf_counter()
     summary = hessian_summary(model, loss_fn, views, k=k, n_probes=n_probes, seed=seed)
