@@ -7,7 +7,6 @@ import argparse
 import contextvars
 import inspect
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mitools.checkpoint import folder_write_problem
 from mitools.progress import progress
 
 __all__ = [
@@ -83,17 +83,10 @@ def fail(message: str | BaseException) -> int:
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> str | None:
     """Make sure the output folder exists (it is created) and is writable, before any compute;
-    None when it is, else the problem in one line."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        return f"{flag} {path} exists and is not a folder"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"{flag} {path}: cannot create the folder ({exc.strerror or exc})"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"{flag} {path}: the folder is not writable"
-    return None
+    None when it is, else the problem in one line
+    (:func:`mitools.checkpoint.folder_write_problem`)."""
+    problem = folder_write_problem(path)
+    return None if problem is None else f"{flag} {path}: {problem}"
 
 
 def common_problem(args: argparse.Namespace) -> str | None:

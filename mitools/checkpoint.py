@@ -34,6 +34,7 @@ into a one-line :class:`CheckpointError`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import pickle
 import random
@@ -61,6 +62,7 @@ __all__ = [
     "atomic_write_text",
     "capture_rng_state",
     "find_latest_checkpoint",
+    "folder_write_problem",
     "load_checkpoint",
     "mitools_version",
     "restore_rng_state",
@@ -206,6 +208,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding`` (UTF-8 by default; no
     newline translation)."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def folder_write_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into ``folder``, or None when they can; for checking an output
+    folder before any work.
+
+    Creates the folder (parents too), then creates and removes one temporary file exactly as the
+    atomic writers here do, so whatever would make the real write fail is found now: a file in the
+    way, a read-only folder or mount (which ``os.access`` misses for root), a file system that
+    refuses new files (``/proc``). The reason is one phrase about the folder, without its path
+    (callers prefix the flag or name they report), e.g. ``"exists and is not a folder"`` or
+    ``"cannot create the folder (/a/file is not a folder)"``.
+    """
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        return "exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in folder.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            return f"cannot create the folder ({blocker} is not a folder)"
+        return f"cannot create the folder ({exc.strerror or exc})"
+    try:
+        fd, tmp = _create_temp(folder / "write-check")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:  # the folder exists (made above), yet no file can be made
+            return (
+                "cannot create a file in the folder (it exists but refuses new files, as virtual "
+                "file systems such as /proc do); choose another folder"
+            )
+        return f"the folder is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    tmp.unlink(missing_ok=True)
+    return None
 
 
 def save_checkpoint(

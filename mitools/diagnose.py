@@ -715,11 +715,12 @@ def _run(args: argparse.Namespace) -> int:
         "layers": {layer: _layer_dict(layer, r, spectra=False) for layer, r in reports.items()},
     }
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+        from mitools.checkpoint import atomic_write_text
+
         full = {**result, "layers": {k: _layer_dict(k, r) for k, r in reports.items()}}
-        tmp = args.out / ".report.json.tmp"
-        tmp.write_text(json.dumps(full, indent=2, default=_json_default))
-        os.replace(tmp, args.out / "report.json")
+        atomic_write_text(
+            args.out / "report.json", json.dumps(full, indent=2, default=_json_default)
+        )
         for layer, r in reports.items():
             plot_spectrum(r, f"{loaded.path.name} [{layer}]", args.out / f"spectrum_{layer}.png")
     if args.format == "json":
@@ -783,20 +784,13 @@ def _all_tensors(mapping: Mapping) -> bool:
 
 
 def _check_out_dir(out: Path) -> None:
-    """``--out`` must be a writable folder or creatable as one (checked before any work)."""
-    if out.exists():
-        if not out.is_dir():
-            raise DiagnoseError(f"--out {out}: exists and is not a directory")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise DiagnoseError(f"--out {out}: the folder is not writable")
-        return
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DiagnoseError(f"--out {out}: cannot create the folder, {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DiagnoseError(f"--out {out}: cannot create the folder, {parent} is not writable")
+    """``--out`` must be a writable folder or creatable as one; created and checked before any
+    work (:func:`mitools.checkpoint.folder_write_problem`)."""
+    from mitools.checkpoint import folder_write_problem
+
+    problem = folder_write_problem(out)
+    if problem:
+        raise DiagnoseError(f"--out {out}: {problem}")
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,6 +16,7 @@ from mitools.checkpoint import (
     GracefulExit,
     capture_rng_state,
     find_latest_checkpoint,
+    folder_write_problem,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -309,3 +310,56 @@ def _second_sigint_raises():
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+
+
+# ----------------------------------------------------------------------------- folder_write_problem
+
+
+def test_folder_write_problem_creates_the_folder_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "a" / "b"
+    assert folder_write_problem(folder) is None
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert folder_write_problem(folder) is None  # an existing folder is fine too
+
+
+def test_folder_write_problem_names_what_is_in_the_way(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert folder_write_problem(a_file) == "exists and is not a folder"
+    assert folder_write_problem(a_file / "sub" / "deeper") == (
+        f"cannot create the folder ({a_file} is not a folder)"
+    )
+    assert a_file.read_text() == "x"
+
+
+def test_folder_write_problem_tries_a_real_file(tmp_path, monkeypatch):
+    # os.access says yes to root on a read-only mount; the check must create a file as the atomic
+    # writers do, so a refusal there is reported
+    real_open = os.open
+
+    def refuse(path, flags, *args):
+        if Path(path).parent == tmp_path / "ro":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(ckpt.os, "open", refuse)
+    assert folder_write_problem(tmp_path / "ro") == "the folder is not writable (Permission denied)"
+    assert folder_write_problem(tmp_path / "rw") is None
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_folder_write_problem_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert folder_write_problem(folder) == "the folder is not writable (Permission denied)"
+        assert "cannot create the folder" in folder_write_problem(folder / "sub")
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_folder_write_problem_on_a_file_system_refusing_files():
+    assert folder_write_problem("/proc").startswith("cannot create a file in the folder")
+    assert folder_write_problem("/proc/no-such-folder").startswith("cannot create the folder (")

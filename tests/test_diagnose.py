@@ -394,7 +394,7 @@ def test_out_is_checked_before_any_work(under_file, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(diagnose_module, "embed", no_work)
     monkeypatch.setattr(diagnose_module, "load_input", no_work)
     code, _, err = _run([path, "--out", out, "--samples", 50], capsys)
-    _assert_bad_input(code, err, f"--out {out}", "not a directory")
+    _assert_bad_input(code, err, f"--out {out}", "not a folder")
 
 
 def test_out_on_embeddings_file(tmp_path, capsys):
@@ -403,7 +403,7 @@ def test_out_on_embeddings_file(tmp_path, capsys):
     afile = tmp_path / "report"
     afile.write_text("")
     code, _, err = _run([path, "--out", afile], capsys)
-    _assert_bad_input(code, err, str(afile), "not a directory")
+    _assert_bad_input(code, err, str(afile), "not a folder")
     assert "Errno" not in err
 
 

@@ -52,13 +52,11 @@ in the same folder, then ``os.replace``; mode ``0o666 & ~umask`` as for a normal
 from __future__ import annotations
 
 import argparse
-import errno
 import inspect
 import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -566,33 +564,15 @@ def _check_args(args: argparse.Namespace) -> str | None:
 def _check_out_path(out: str) -> str | None:
     """Make ``out``'s folder (parents too) and check that a file can be created there; the problem
     as a message naming the path, or None. Runs before any evaluation."""
+    from mitools.checkpoint import folder_write_problem
+
     path = Path(out).expanduser()
     if path.is_dir():
         return f"--out {out}: is a directory, expected a JSON file path"
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((a for a in (folder, *folder.parents) if a.exists()), None)
-        why = (
-            f"{blocker} is not a folder"
-            if blocker is not None and not blocker.is_dir()
-            else exc.strerror or str(exc)
-        )
-        return f"--out {out}: cannot create folder {folder} ({why})"
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:  # the folder exists (made above): e.g. /proc refuses files
-            return (
-                f"--out {out}: cannot create a file in folder {folder.absolute()} (it exists but "
-                "refuses new files, as virtual file systems such as /proc do); choose another "
-                "folder"
-            )
-        return f"--out {out}: folder {folder} is not writable ({exc.strerror or exc})"
-    os.close(fd)
-    os.unlink(tmp)
-    return None
+    problem = folder_write_problem(path.parent)
+    return (
+        None if problem is None else f"--out {out}: its folder {path.parent.absolute()} {problem}"
+    )
 
 
 def _channel_mismatch(state: dict, data: str, spec: Any) -> str | None:

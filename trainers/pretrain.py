@@ -449,14 +449,12 @@ def preflight(cfg: Config, resume: str | None = None) -> Path:
                 + (f", {len(ds) // world} per rank for {world} ranks" if world > 1 else "")
                 + "); lower data.batch_size"
             )
+    from mitools.checkpoint import folder_write_problem
+
     run_dir = resolve_run_dir(cfg)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"run folder {run_dir} is not writable: {exc.strerror or exc}") from exc
+    problem = folder_write_problem(run_dir)
+    if problem:
+        raise ConfigError(f"run folder {run_dir}: {problem}")
     check_resume(cfg, resume, run_dir)
     return run_dir
 
