@@ -44,7 +44,7 @@ import torch
 from analysis._common import write_table
 from mitools.timing import time_calls
 from trainers.config import load_config
-from trainers.pretrain import TwoViewModel, configure_cuda_backends, train
+from trainers.pretrain import TwoViewModel, configure_cuda_backends, train, use_channels_last
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainers" / "configs"
 
@@ -100,7 +100,7 @@ def ceiling(
     if device.type == "cuda":
         configure_cuda_backends(cfg)  # as trainers.pretrain.train
     model = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).to(device)
-    cl = device.type == "cuda" and cfg.train.channels_last
+    cl = use_channels_last(cfg, device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     net = TwoViewModel(model).train()

@@ -102,7 +102,9 @@ def test_the_real_command_line_exits_2(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: --out {a_file}: exists and is not a folder"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --out {a_file}: exists and is not a folder"
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(DRIVERS))

@@ -1,6 +1,7 @@
-"""``train.compile`` (inductor's CPU backend) and ``train.amp`` (CPU autocast) against the eager
-float32 run of the same tiny digits EMI config (the shipped loss: exact log-det, batch covariance,
-float64 with autocast off inside the loss).
+"""``train.compile`` (inductor's CPU backend), ``train.amp`` (CPU autocast) and
+``train.channels_last`` (forced on the CPU) against the eager float32 run of the same tiny digits
+EMI config (the shipped loss: exact log-det, batch covariance, float64 with autocast off inside the
+loss).
 
 The runs use SGD without warm-up: the digits config's 2 warm-up epochs would make the first
 step's learning rate 0, and AdamW turns the rounding noise of gradients that are zero in exact
@@ -202,3 +203,60 @@ def test_fp16_autocast_and_grad_scaler_on_cpu(tmp_path, monkeypatch):
     assert low["state"]["scaler"]["scale"] == 2.0**8  # this scaler, no overflow, no back-off
     assert len(low["grads"]) == 1 and _rel_err(low["grads"][0], ref["grads"][0]) < 0.15
     assert _rel_err(_update(low), _update(ref)) < 0.15
+
+
+# ----------------------------------------------------------------------------- train.channels_last
+
+
+def test_channels_last_gives_the_contiguous_run_and_a_loadable_checkpoint(tmp_path, monkeypatch):
+    # The trainer uses channels-last on CUDA only; forced here on the CPU, whose convolutions
+    # support it too, it must change nothing but the order of float sums: model, momentum
+    # target, inputs, optimiser state and checkpoint all go through the channels-last path.
+    two = ["train.max_steps_per_epoch=2", "model.momentum_encoder=true"]
+    layouts: list[tuple[bool, bool]] = []
+    real_build = pretrain.build_online_model
+
+    def spy_build(cfg, device, world=1, channels_last=False):
+        model = real_build(cfg, device, world, channels_last)
+        # a conv with several input channels (for one channel both layouts are the same);
+        # the momentum target is a deep copy, so its forward is recorded too
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+
+        def record(mod, args):
+            fmt = torch.channels_last
+            layouts.append((mod.weight.is_contiguous(memory_format=fmt),
+                            args[0].is_contiguous(memory_format=fmt)))  # fmt: skip
+
+        conv.register_forward_pre_hook(record)
+        return model
+
+    contiguous = _run(tmp_path / "contiguous", monkeypatch, two)
+    with monkeypatch.context() as m:
+        m.setattr(pretrain, "use_channels_last", lambda cfg, device: cfg.train.channels_last)
+        m.setattr(pretrain, "build_online_model", spy_build)
+        forced = _run(tmp_path / "channels_last", monkeypatch, two)
+        n_forced = len(layouts)
+        off = _run(tmp_path / "off", monkeypatch, [*two, "train.channels_last=false"])
+    # the flag reached the weights and activations of every forward (online and target, both
+    # views, both steps), and train.channels_last=false keeps the default layout
+    assert n_forced >= 8 and layouts[:n_forced] == [(True, True)] * n_forced
+    assert len(layouts) == 2 * n_forced and not any(w or x for w, x in layouts[n_forced:])
+    assert len(forced["losses"]) == len(contiguous["losses"]) == 2
+    assert forced["losses"] == pytest.approx(contiguous["losses"], rel=1e-5)
+    for step in range(2):
+        assert _rel_err(forced["grads"][step], contiguous["grads"][step]) < 1e-4, step
+    got, want = forced["state"], contiguous["state"]
+    for part in ("model", "ema"):
+        assert got[part].keys() == want[part].keys()
+    for key, value in want["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert off["losses"] == contiguous["losses"]
+    # the channels-last checkpoint loads strictly into a fresh (contiguous) model and computes
+    # what the contiguous run's checkpoint computes
+    fresh = SSLModel(EncoderSpec.from_dict(got["encoder_spec"]))
+    fresh.load_state_dict(got["model"])
+    reference = SSLModel(EncoderSpec.from_dict(want["encoder_spec"]))
+    reference.load_state_dict(want["model"])
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fresh.eval()(x)[0], reference.eval()(x)[0], rtol=1e-5, atol=1e-6)

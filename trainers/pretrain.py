@@ -311,6 +311,15 @@ def _check_loss_batch(cfg: Config, loss_fn: nn.Module, world: int) -> None:
         )
 
 
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Whether a run keeps its model and images in channels-last memory format:
+    ``train.channels_last`` on CUDA only, where it lets cuDNN's tensor-core convolutions skip
+    layout transposes. On the CPU the flag is ignored so that the embedded default's numbers do
+    not depend on it; the layout changes only the order of float sums, never the maths (tested on
+    the CPU by forcing it)."""
+    return device.type == "cuda" and cfg.train.channels_last
+
+
 def build_online_model(
     cfg: Config, device: torch.device, world: int = 1, channels_last: bool = False
 ) -> SSLModel:
@@ -1066,7 +1075,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
     amp = cfg.train.amp if cfg.train.amp != "auto" else ("bf16" if use_cuda else "off")
     check_every = cfg.train.check_every_steps or (50 if use_cuda else 1)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    channels_last = use_cuda and cfg.train.channels_last
+    channels_last = use_channels_last(cfg, device)
     if cfg.data.batch_size % ddp.world:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} not divisible by {ddp.world} ranks"
