@@ -86,6 +86,12 @@ def summary(table: pd.DataFrame) -> str:
     return gain_summary_text(table, ["variant"])
 
 
+def seeds_for(seed: int, quick: bool) -> tuple[int, ...]:
+    """The training seeds when ``--seeds`` is not given: ``seed`` alone in quick mode, else three
+    consecutive seeds from it (base_parser's ``--seed`` convention)."""
+    return (seed,) if quick else (seed, seed + 1, seed + 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(
         __doc__,
@@ -94,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         "probed: a few CPU-minutes",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="training seeds (default: 0 1 2; quick: --seed)")  # fmt: skip
+                        help="training seeds (default: --seed, --seed+1, --seed+2; quick: --seed)"
+                        )  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     problem = common_problem(args)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--seeds must be >= 0, got {args.seeds}"
     if problem:
         return fail(problem)
-    seeds = tuple(args.seeds) if args.seeds else ((args.seed,) if args.quick else (0, 1, 2))
+    seeds = tuple(args.seeds) if args.seeds else seeds_for(args.seed, args.quick)
     table, _ = run_and_record(
         run, out=Path(args.out), quick=args.quick, seeds=seeds, variants=tuple(args.variants)
     )

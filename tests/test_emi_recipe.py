@@ -23,3 +23,17 @@ def test_variants_share_the_random_init_and_differ_only_by_the_loss(tmp_path):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="taylor3"):
         emi_recipe.run(None, quick=True, variants=("taylor3",))
+
+
+@pytest.mark.parametrize(
+    ("argv", "seeds"),
+    [([], (0, 1, 2)), (["--seed", "5"], (5, 6, 7)), (["--quick", "--seed", "5"], (5,)),
+     (["--seed", "5", "--seeds", "1", "9"], (1, 9))],
+)  # fmt: skip
+def test_command_line_seeds(argv, seeds, tmp_path, monkeypatch):
+    # --seed was ignored without --quick (the full run always trained seeds 0 1 2)
+    got = {}
+    monkeypatch.setattr(emi_recipe, "run_and_record", lambda run, **kw: (got.update(kw), None))
+    monkeypatch.setattr(emi_recipe, "summary", lambda table: "")
+    assert emi_recipe.main([*argv, "--out", str(tmp_path)]) == 0
+    assert got["seeds"] == seeds
