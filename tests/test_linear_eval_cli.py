@@ -162,9 +162,9 @@ def _unwritable_outs(tmp_path: Path) -> list[tuple[str, str]]:
         (str(tmp_path), "is a directory"),
     ]
     if Path("/proc/self").is_dir():
-        outs.append(("/proc/nope/r.json", "folder /proc/nope cannot create the folder"))
+        outs.append(("/proc/nope/r.json", "folder /proc/nope: cannot create the folder"))
         # /proc exists but refuses new files (ENOENT): not "folder /proc is not writable"
-        outs.append(("/proc/r.json", "folder /proc cannot create a file in the folder (it exists"))
+        outs.append(("/proc/r.json", "folder /proc: cannot create a file in the folder (it exists"))
     return outs
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from trainers import pretrain
 from trainers.config import ConfigError, load_config
@@ -425,6 +426,19 @@ def test_non_finite_gradient_with_finite_loss_never_reaches_a_checkpoint(
     assert (st["epoch"], st["step"]) == (1, 3)
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
     assert not (run / "epoch_0002.pt").exists()
+
+
+def test_non_finite_weights_message_names_the_likely_cause(tmp_path):
+    # a huge learning rate can leave every parameter finite yet overflow the activations, so
+    # only BatchNorm's running statistics go non-finite: not "a non-finite gradient"
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    message = pretrain._non_finite_weights_message
+
+    only_buffers = message(["1.running_var"], 7, tmp_path, model)
+    assert "after step 7 (activations overflowed in the forward" in only_buffers
+    assert "gradient" not in only_buffers and "none written yet" in only_buffers
+    for bad in (["0.weight"], ["0.weight", "1.running_mean"], ["on another rank"]):
+        assert "(a non-finite gradient with a finite loss)" in message(bad, 7, tmp_path, model)
 
 
 def test_logged_learning_rate_follows_warmup_then_cosine(tmp_path):

@@ -570,9 +570,7 @@ def _check_out_path(out: str) -> str | None:
     if path.is_dir():
         return f"--out {out}: is a directory, expected a JSON file path"
     problem = folder_write_problem(path.parent)
-    return (
-        None if problem is None else f"--out {out}: its folder {path.parent.absolute()} {problem}"
-    )
+    return None if problem is None else f"--out {out}: folder {path.parent.absolute()}: {problem}"
 
 
 def _channel_mismatch(state: dict, data: str, spec: Any) -> str | None:

@@ -925,13 +925,19 @@ def _non_finite_weights(model: nn.Module) -> list[str]:
     return [n for (n, _), ok in zip(named, flags.tolist(), strict=True) if not ok]
 
 
-def _non_finite_weights_message(bad: list[str], step: int, run_dir: Path) -> str:
+def _non_finite_weights_message(bad: list[str], step: int, run_dir: Path, model: nn.Module) -> str:
     last = run_dir / "last.pt"
     shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    # parameters go non-finite through the optimiser step; buffers (BatchNorm running
+    # statistics) through the forward, when activations overflow (e.g. weights grown huge)
+    buffers = {name for name, _ in model.named_buffers()}
+    if all(name in buffers for name in bad):
+        cause = "activations overflowed in the forward; is the learning rate too high?"
+    else:
+        cause = "a non-finite gradient with a finite loss"
     return (
-        f"non-finite weights ({shown}) found after step {step} (a non-finite gradient with a "
-        f"finite loss): stopping without writing them; last good checkpoint kept: "
-        f"{last if last.exists() else 'none written yet'}"
+        f"non-finite weights ({shown}) found after step {step} ({cause}): stopping without "
+        f"writing them; last good checkpoint kept: {last if last.exists() else 'none written yet'}"
     )
 
 
@@ -1201,7 +1207,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
             if flag.item() > 0 and not bad_weights:
                 bad_weights = ["on another rank"]
         if bad_weights:
-            raise NonFiniteLossError(_non_finite_weights_message(bad_weights, step, run_dir))
+            raise NonFiniteLossError(_non_finite_weights_message(bad_weights, step, run_dir, model))
         rngs = [capture_rng_state()]
         if ddp.world > 1:
             rngs = [None] * ddp.world
@@ -1277,7 +1283,7 @@ def _train(cfg: Config, resume: str | None) -> dict[str, Any]:
                     bad_weights = _non_finite_weights(model)
                     if bad_weights:
                         raise NonFiniteLossError(
-                            _non_finite_weights_message(bad_weights, step, run_dir)
+                            _non_finite_weights_message(bad_weights, step, run_dir, model)
                         ) from exc
                     raise
                 optimizer.zero_grad(set_to_none=True)
