@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from mitools.data.datasets import get_spec
 from trainers import pretrain
 from trainers.config import ConfigError, load_config
 from trainers.linear_eval import (
@@ -135,16 +136,34 @@ def test_all_shipped_configs_load_and_build_their_loss():
     for name in names:
         cfg = load_config(CONFIGS / name)
         pretrain.build_loss_from_config(cfg)
-    ref = load_config(CONFIGS / "cifar10_mio_reference.yaml")
-    assert (ref.model.arch, ref.model.cifar_stem) == ("resnet50", True)
-    assert ref.model.projector_dims == [2048, 128] and ref.model.projector_last_bn
-    assert (ref.optim.name, ref.optim.lr, ref.data.batch_size, ref.optim.lr_scaling) == (
-        "lars", 1.5, 128, "none",
-    )  # fmt: skip
-    assert (ref.optim.momentum, ref.optim.weight_decay, ref.optim.warmup_epochs) == (0.9, 1e-6, 10)
-    assert ref.loss.params["tau_p"] == ref.loss.params["tau_n"] == 0.5
-    paper = load_config(CONFIGS / "cifar10_mio.yaml")
-    assert (paper.model.arch, paper.train.epochs) == ("resnet18", 200)
+    for ds in datasets:
+        # MIO: the paper's setting (ResNet-18, 200 epochs) and the reference code's (ResNet-50,
+        # 1000 epochs, the CIFAR stem at 32 px only), both with the reference recipe
+        ref = load_config(CONFIGS / f"{ds}_mio_reference.yaml")
+        paper = load_config(CONFIGS / f"{ds}_mio.yaml")
+        assert (ref.model.arch, ref.train.epochs) == ("resnet50", 1000), ds
+        assert ref.model.cifar_stem == (get_spec(ds).image_size == 32), ds
+        assert (paper.model.arch, paper.train.epochs) == ("resnet18", 200), ds
+        for cfg in (ref, paper):
+            assert cfg.model.projector_dims == [2048, 128] and cfg.model.projector_last_bn, ds
+            assert (cfg.optim.name, cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling) == (
+                "lars", 1.5, 128, "none",
+            ), ds  # fmt: skip
+            assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.warmup_epochs) == (
+                0.9, 1e-6, 10,
+            ), ds  # fmt: skip
+            assert cfg.loss.params == {"tau_p": 0.5, "tau_n": 0.5, "lam": 0.0}, ds
+        # EMI: momentum encoder, projector size and Taylor order are explicit, overridable keys
+        emi = load_config(CONFIGS / f"{ds}_emi.yaml")
+        assert emi.model.momentum_encoder and emi.model.projector_dims == [2048, 128], ds
+        assert (emi.loss.params["logdet"], emi.loss.params["order"]) == ("taylor", 4), ds
+        changed = load_config(
+            CONFIGS / f"{ds}_emi.yaml",
+            ["model.momentum_encoder=false", "model.projector_dims=[512,64]",
+             "loss.params.order=6"],
+        )  # fmt: skip
+        assert not changed.model.momentum_encoder and changed.model.projector_dims == [512, 64]
+        assert pretrain.build_loss_from_config(changed).order == 6
 
 
 def test_digits_baselines_are_digits_emi_with_the_loss_swapped_and_train(tmp_path):
