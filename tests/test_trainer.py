@@ -609,3 +609,33 @@ def test_device_terms_stack_mixed_dtypes_exactly():
     assert names == ["loss", "a", "b"] and plain == {"c": 2.0}
     assert values.dtype == torch.float64
     assert values.tolist() == [1.25, float(torch.tensor(0.1, dtype=torch.float32)), 1 / 3]
+
+
+def test_progress_bar_shows_the_step_loss_and_images_per_second(tmp_path, monkeypatch):
+    # the suite silences bars (conftest); switched on here, each epoch's bar must count its
+    # steps and show the latest logged loss and the throughput
+    import io
+
+    from mitools.progress import progress
+
+    bars: list = []
+
+    def recording_progress(*args, **kwargs):
+        bar = progress(*args, file=io.StringIO(), mininterval=0, **kwargs)
+        bar.postfixes = []
+        real = bar.set_postfix
+        bar.set_postfix = lambda **kw: (bar.postfixes.append(kw), real(**kw))
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setenv("MITOOLS_NO_PROGRESS", "0")
+    monkeypatch.setattr(pretrain, "progress", recording_progress)
+    run = tmp_path / "bar"
+    train(tiny_cfg(run, ["train.progress=true", "train.log_every_steps=1", "train.epochs=2"]))
+    steps = pretrain.read_metrics(run, "step")
+    assert [b.desc for b in bars] == ["epoch 1/2", "epoch 2/2"]
+    assert [b.n for b in bars] == [3, 3] and all(b.total == 3 for b in bars)
+    shown = [p for b in bars for p in b.postfixes]
+    assert [p["loss"] for p in shown] == [f"{r['loss']:.4f}" for r in steps]
+    assert [p["img_s"] for p in shown] == [f"{r['images_per_s']:.0f}" for r in steps]
+    assert all(float(p["img_s"]) > 0 for p in shown)
