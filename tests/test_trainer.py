@@ -226,6 +226,21 @@ def test_subsample_per_class():
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def sigterm_at_loss_call(n: int):
+    """A stand-in for ``pretrain.ssl_loss`` that raises SIGTERM in the trainer's (main) thread
+    at its ``n``-th call, handled before it returns: the run stops after that step."""
+    calls = {"n": 0}
+    real = pretrain.ssl_loss
+
+    def loss_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    return loss_then_signal
+
+
 def _final_model(path: Path) -> dict:
     st = _state(path)
     return {"model": st["model"], "ema": st["ema"], "loss_state": st["loss_state"]}
@@ -262,17 +277,8 @@ def test_resume_is_exact_after_epoch_and_after_sigterm(tmp_path, monkeypatch):
 
     # (b) SIGTERM in the middle of epoch 2 (after step 5): checkpoint written, then resumed.
     sig = tmp_path / "sig"
-    calls = {"n": 0}
     real = pretrain.ssl_loss
-
-    def loss_then_signal(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            # raise_signal: delivered to this (the main) thread, handled before it returns
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain, "ssl_loss", loss_then_signal)
+    monkeypatch.setattr(pretrain, "ssl_loss", sigterm_at_loss_call(5))
     s1 = train(tiny_cfg(sig))
     assert s1["interrupted"] and s1["step"] == 5
     st = _state(sig / "last.pt")
