@@ -1,6 +1,7 @@
 """DDP on CPU (gloo): 2 processes with half batches give the single-process full-batch gradients.
 
-Two processes are spawned with ``torch.multiprocessing`` on 127.0.0.1 and a free port. Each
+Two processes are spawned with ``torch.multiprocessing`` and meet through a rendezvous file in
+the test's own ``tmp_path`` (no TCP port, so nothing to collide with under pytest-xdist). Each
 wraps the trainer's ``TwoViewModel`` in DistributedDataParallel, builds the loss with the
 trainer's ``build_loss_from_config`` (which turns on ``gather_distributed`` for batch-coupled
 losses) and back-propagates the trainer's ``ssl_loss`` on its half of a fixed batch. The truth
@@ -8,7 +9,10 @@ is one process, no DDP, whole batch.
 
 BatchNorm: per-rank BN statistics differ from full-batch ones by construction, so the first
 check replaces BN layers by identities (it tests the gather + DDP-averaging path). The same
-processes then run two steps of the real training loop under DDP as a smoke test.
+processes then run two steps of the real training loop under DDP as a smoke test, recording
+the index batches the trainer's sampler gave each rank: the ranks' shares of a step are disjoint
+and together are the one-process batch of that step (the premise of the gradient check). The
+sampler on its own is checked for 1, 2 and 3 ranks, over epochs and mid-epoch resume offsets.
 
 SyncBatchNorm (``model.sync_batchnorm``) is what makes BN full-batch under DDP, but PyTorch has
 its kernels on CUDA only. The second test registers CPU kernels for the five ``aten`` ops that
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import time
 from pathlib import Path
 from unittest import mock
@@ -39,6 +44,7 @@ from torch import nn
 
 from trainers.config import load_config
 from trainers.pretrain import (
+    EpochBatchSampler,
     TwoViewModel,
     build_loss_from_config,
     build_online_model,
@@ -181,8 +187,19 @@ class _CpuSyncBatchNorm:
         nn.parallel.DistributedDataParallel._passing_sync_batchnorm_handle = lambda self, m: None
 
 
+# The workers' wall-clock limit (both jobs). Measured on the 2-core dev machine, the sync job's
+# workers take about 20 s alone; 140 s in each of two concurrent `pytest -n 2` runs of the three
+# distributed-test files with 4 busy loops beside them (load ~11); 332 s in each of two concurrent
+# runs of this test with 24 busy loops (load ~28), where the former 300 s limit failed the test and
+# sent its workers SIGTERM. The time grows about linearly with the load, so 1200 s holds to a load
+# of about 100 and stays below gloo's 30-minute collective timeout: a hang fails here, with the
+# workers' Python stacks.
+WORKERS_TIMEOUT_S = 1200
+
+
 def _worker(rank: int, world: int, out_dir: str, job: str) -> None:
     faulthandler.enable(all_threads=True)  # a native abort prints the Python stacks
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # and so does the parent's timeout
     os.environ.update(
         WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MITOOLS_NO_PROGRESS="1"
     )
@@ -205,12 +222,28 @@ def _run_workers(job: str, world: int, out_dir: Path) -> None:
         _worker, args=(world, str(out_dir), job), nprocs=world, join=False,
         start_method="spawn",
     )  # fmt: skip
-    deadline = time.time() + 300
+    deadline = time.monotonic() + WORKERS_TIMEOUT_S
     while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail(f"DDP workers ({job}) did not finish in 300 s (deadlock?)")
+        if time.monotonic() > deadline:
+            _stop_workers(ctx.processes)
+            pytest.fail(
+                f"DDP workers ({job}) did not finish in {WORKERS_TIMEOUT_S} s (deadlock?); "
+                "their Python stacks are in the captured stderr"
+            )
+
+
+def _stop_workers(processes) -> None:
+    """Each live worker's Python stacks to stderr, then SIGKILL and join. Not SIGTERM: inside
+    ``train`` it only asks for a checkpoint at the next step, and a worker left running would
+    load the machine for the tests after this one."""
+    alive = [p for p in processes if p.is_alive()]
+    for p in alive:
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(2)  # one at a time, so that their stacks do not interleave
+    for p in alive:
+        p.kill()
+    for p in processes:
+        p.join()
 
 
 def _two_step_config(name: str, out_dir: str, *extra: str):
@@ -224,14 +257,29 @@ def _two_step_config(name: str, out_dir: str, *extra: str):
     )  # fmt: skip
 
 
+class _RecordingSampler(EpochBatchSampler):
+    """The trainer's sampler, keeping each epoch's index matrix and its arguments."""
+
+    seen: list[dict] = []
+
+    def index_matrix(self) -> torch.Tensor:
+        rows = super().index_matrix()
+        _RecordingSampler.seen.append(
+            dict(n=self.n, batch_size=self.batch_size, seed=self.seed, rank=self.rank,
+                 world=self.world, epoch=self.epoch, start_batch=self.start_batch, rows=rows)
+        )  # fmt: skip
+        return rows
+
+
 def _plain_job(rank: int, world: int, out_dir: str) -> None:
     grads = {name: _first_step_grads(name, world, rank) for name in LOSSES}
     # sensitivity: without the gather, the batch-coupled MIO loss sees half batches
     grads["mio_no_gather"] = _first_step_grads("mio", world, rank, gather=False)
     torch.save(grads, Path(out_dir) / f"grads_rank{rank}.pt")
-    summary = train(_two_step_config("digits_mio.yaml", out_dir, "train.log_every_steps=1"))
+    with mock.patch("trainers.pretrain.EpochBatchSampler", _RecordingSampler):
+        summary = train(_two_step_config("digits_mio.yaml", out_dir, "train.log_every_steps=1"))
     torch.save(
-        {"step": summary["step"], "epoch": summary["epoch"]},
+        {"step": summary["step"], "epoch": summary["epoch"], "sampled": _RecordingSampler.seen},
         Path(out_dir) / f"summary{rank}.pt",
     )
 
@@ -256,15 +304,69 @@ def test_two_gloo_processes_match_one_process_full_batch(tmp_path):
     truth = _first_step_grads("mio", 1, 0)
     no_gather = torch.load(tmp_path / "grads_rank0.pt", weights_only=True)["mio_no_gather"]
     assert max(float((no_gather[k] - truth[k]).abs().max()) for k in truth) > 1e-6
-    # the real loop ran 2 steps on both ranks; rank 0 wrote a checkpoint with both RNG states
-    for rank in range(world):
-        assert torch.load(tmp_path / f"summary{rank}.pt", weights_only=True) == {
-            "step": 2,
-            "epoch": 1,
-        }
+    # the real loop ran 2 steps on both ranks, each on its half of the global batch of 32
+    summaries = [torch.load(tmp_path / f"summary{r}.pt", weights_only=True) for r in range(world)]
+    for rank, summary in enumerate(summaries):
+        assert (summary["step"], summary["epoch"]) == (2, 1)
+        (sampled,) = summary["sampled"]  # one epoch, one index matrix
+        assert (sampled["rank"], sampled["world"], sampled["batch_size"]) == (rank, world, 16)
+    # the trainer's ranks got disjoint halves of the one-process batch of each step (one seed)
+    first = summaries[0]["sampled"][0]
+    one = EpochBatchSampler(first["n"], 32, first["seed"])
+    one.set_epoch(first["epoch"], first["start_batch"])
+    for step, batch in enumerate(one.index_matrix()[:2].tolist()):
+        shares = [s["sampled"][0]["rows"][step].tolist() for s in summaries]
+        assert sorted(shares[0] + shares[1]) == sorted(batch), step
+    # rank 0 wrote a checkpoint with both RNG states
     st = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert st["world_size"] == 2 and len(st["rng_per_rank"]) == 2
     assert "knn_top1" in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def _rank_batches(
+    n: int, batch: int, seed: int, world: int, epoch: int, start: int = 0
+) -> list[list[list[int]]]:
+    """``out[step][rank]``: the indices each of ``world`` samplers (global ``batch``, so
+    ``batch // world`` per rank) yields at each step of ``epoch``, from batch ``start`` on."""
+    per_rank = []
+    for rank in range(world):
+        sampler = EpochBatchSampler(n, batch // world, seed, rank, world)
+        sampler.set_epoch(epoch, start)
+        rows = list(sampler)
+        assert len(rows) == len(sampler)
+        per_rank.append(rows)
+    assert len({len(rows) for rows in per_rank}) == 1, "ranks must take the same number of steps"
+    return [list(step) for step in zip(*per_rank, strict=True)]
+
+
+@pytest.mark.parametrize("n", [96, 101])
+def test_ranks_split_each_global_batch_into_disjoint_shares_of_the_one_process_batch(n):
+    # DDP on N ranks must see, at every step, the global batch one process sees (the gradient
+    # checks above assume it): each rank a disjoint batch/N share of it, same seed on every rank
+    batch, seed, epochs = 12, 3, 3
+    one_process, dropped = [], []
+    for epoch in range(epochs):
+        truth = [rows[0] for rows in _rank_batches(n, batch, seed, 1, epoch)]
+        # drop_last: full batches only, each index at most once; the rest (n % batch) is left out
+        assert len(truth) == n // batch and all(len(b) == batch for b in truth)
+        flat = [i for b in truth for i in b]
+        assert len(set(flat)) == len(flat) and set(flat) <= set(range(n))
+        dropped.append(set(range(n)) - set(flat))
+        assert len(dropped[-1]) == n % batch
+        one_process.append(flat)
+        for world in (1, 2, 3):
+            for start in (0, 1, 5):
+                steps = _rank_batches(n, batch, seed, world, epoch, start)
+                assert len(steps) == len(truth) - start, (world, start)
+                for step, shares in enumerate(steps, start):
+                    assert all(len(s) == batch // world for s in shares), (world, step)
+                    union = [i for s in shares for i in s]
+                    assert len(set(union)) == len(union), f"ranks overlap: {world=} {step=}"
+                    assert sorted(union) == sorted(truth[step]), (world, epoch, step)
+    # a fresh order each epoch (and so a different left-out remainder, when there is one)
+    assert len({tuple(flat) for flat in one_process}) == epochs
+    if n % batch:
+        assert len({frozenset(d) for d in dropped}) > 1
 
 
 SYNC_LOSSES = ("emi", "mio")
