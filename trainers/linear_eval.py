@@ -361,15 +361,20 @@ def augmented_linear_probe(
 
 
 def subsample_per_class(labels: np.ndarray | Tensor, n_per_class: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n_per_class`` items of every class (random, ``default_rng(seed)``)."""
+    """Sorted indices of ``n_per_class`` items of every class (random, ``default_rng(seed)``).
+    :class:`LabelsPerClassError` names the smallest class when it has fewer."""
     y = np.asarray(labels)
+    classes, counts = np.unique(y[y >= 0], return_counts=True)
+    smallest = int(np.argmin(counts))
+    if counts[smallest] < n_per_class:
+        have = int(counts[smallest])
+        raise LabelsPerClassError(
+            n_per_class,
+            f"class {classes[smallest]} has only {have} items, fewer than {n_per_class}; use at "
+            f"most {have}",
+        )
     rng = np.random.default_rng(seed)
-    out = []
-    for cls in np.unique(y[y >= 0]):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        if idx.size < n_per_class:
-            raise ValueError(f"class {cls} has {idx.size} items, fewer than {n_per_class}")
-        out.append(idx[:n_per_class])
+    out = [rng.permutation(np.flatnonzero(y == cls))[:n_per_class] for cls in classes]
     return np.sort(np.concatenate(out))
 
 
@@ -440,16 +445,7 @@ def evaluate_backbone(
     eval_ds = build_dataset(data, root, spec.eval_split, transform=tf)
     idx = None
     if labels_per_class is not None:
-        labels = _dataset_labels(train_ds)
-        counts = np.bincount(labels[labels >= 0])
-        smallest = int(np.argmin(counts))
-        if counts[smallest] < labels_per_class:
-            raise LabelsPerClassError(
-                labels_per_class,
-                f"class {smallest} has only {int(counts[smallest])} images in the {data} "
-                f"{spec.train_split!r} split; use at most {int(counts[smallest])}",
-            )
-        idx = subsample_per_class(labels, labels_per_class, seed)
+        idx = subsample_per_class(_dataset_labels(train_ds), labels_per_class, seed)
     backbone = backbone.to(device)
     kw = dict(batch_size=batch_size, device=device, num_workers=num_workers)
     tr_x, tr_y = extract_features(backbone, train_ds, indices=idx, max_samples=max_train, **kw)
@@ -743,7 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         return fail(_data_missing_message(exc))
     except LabelsPerClassError as exc:
-        return fail(f"--labels-per-class {args.labels_per_class}: {exc.detail}")
+        return fail(
+            f"--labels-per-class {args.labels_per_class}: {exc.detail} (the {data} "
+            f"{spec.train_split!r} split)"
+        )
     except ValueError as exc:
         return fail(exc)
     if result.knn_top1 is not None and result.knn_k < args.knn_k:
