@@ -291,12 +291,8 @@ def _check_loss_batch(cfg: Config, loss_fn: nn.Module, world: int) -> None:
 
     if not isinstance(loss_fn, EMILoss) or loss_fn.covariance == "ema" or loss_fn.ridge > 0:
         return
-    spec = EncoderSpec.from_dict(cfg.model.encoder_spec_dict())
-    if spec.projector_dims:
-        d = int(spec.projector_dims[-1])
-    else:
-        with torch.device("meta"):  # no weights allocated: only the feature width is needed
-            d = SSLModel(spec).projection_dim
+    with torch.device("meta"):  # no weights allocated: only the projection width is needed
+        d = SSLModel(EncoderSpec.from_dict(cfg.model.encoder_spec_dict())).projection_dim
     rows = cfg.data.batch_size if loss_fn.gather_distributed else cfg.data.batch_size // world
     if cfg.model.momentum_encoder:
         rows *= 2
